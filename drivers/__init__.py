@@ -1,0 +1,1 @@
+"""Pool drivers: unprivileged code that decides what to do with storage."""

@@ -1,0 +1,1 @@
+"""The unprivileged orchestrator: API daemon, policy, state, CLI."""

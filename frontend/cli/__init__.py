@@ -1,0 +1,1 @@
+"""The volsep command line (cliff)."""

@@ -1,0 +1,64 @@
+"""Start the privileged daemons and, in system mode, drop to a plain user.
+
+System mode (started as root): both privsep daemons are forked while the
+process is still root, then this process gives up root for good. User mode
+(started by anyone else): the same daemons and the same code path, with no
+capabilities to keep.
+"""
+
+import ctypes
+import grp
+import os
+import pwd
+
+from oslo_config import cfg
+from oslo_privsep import priv_context
+
+from volsep.privileged import contexts
+
+_PR_SET_NO_NEW_PRIVS = 38
+
+
+class DropFailed(Exception):
+    pass
+
+
+def _ensure_config_parsed():
+    # privsep reads its options through cfg.CONF; it must be initialised.
+    try:
+        cfg.CONF.config_file
+    except cfg.NoSuchOptError:
+        cfg.CONF(args=[], project='volsep')
+
+
+def start_daemons():
+    """Fork one daemon per privileged context; return 'system' or 'user'."""
+    _ensure_config_parsed()
+    system = os.geteuid() == 0
+    for ctx in contexts.ALL:
+        if not system:
+            cfg.CONF.set_override('capabilities', [], group=ctx.cfg_section)
+        ctx.start(priv_context.Method.FORK)
+    return 'system' if system else 'user'
+
+
+def drop_privileges(user):
+    """Become ``user`` (all uids, gids and groups); irreversible."""
+    entry = pwd.getpwnam(user)
+    groups = os.getgrouplist(entry.pw_name, entry.pw_gid)
+    os.setgroups(groups)
+    os.setresgid(entry.pw_gid, entry.pw_gid, entry.pw_gid)
+    os.setresuid(entry.pw_uid, entry.pw_uid, entry.pw_uid)
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    try:
+        os.setuid(0)
+    except PermissionError:
+        pass
+    else:
+        raise DropFailed(f'could regain root after dropping to {user}')
+    os.environ.update(HOME=entry.pw_dir, USER=entry.pw_name,
+                      LOGNAME=entry.pw_name)
+
+
+def primary_group(user):
+    return grp.getgrgid(pwd.getpwnam(user).pw_gid).gr_name

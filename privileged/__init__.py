@@ -1,0 +1,1 @@
+"""The root side: narrowly typed oslo.privsep entrypoints."""

@@ -1,0 +1,96 @@
+"""The root side's own configuration: where pools may live, where to audit.
+
+It is read by the privileged daemon from a file that must belong to the
+daemon's user and be writable by nobody else, so a compromised frontend can
+neither pass an allow-list in a call nor edit the one on disk. The path comes
+from the daemon's own environment (inherited at fork time from the process
+that was still root, or reset by sudo for the helper start method).
+"""
+
+import os
+import stat
+import threading
+
+from oslo_config import cfg
+
+from volsep.privileged import errors
+
+CONFIG_ENV = 'VOLSEP_PRIVILEGED_CONFIG'
+DEFAULT_CONFIG_PATH = '/etc/volsep/privileged.conf'
+
+_OPTS = [
+    cfg.ListOpt('allowed_roots', default=[],
+                help='Absolute directories below which pool files may live.'),
+    cfg.StrOpt('audit_log', default='/var/log/volsep/audit.log',
+               help='Hash-chained JSON-lines audit log written by the root '
+                    'side.'),
+    cfg.IntOpt('qemu_img_cpu_seconds', default=30, min=1,
+               help='RLIMIT_CPU for every qemu-img child.'),
+    cfg.IntOpt('qemu_img_address_space_mib', default=2048, min=64,
+               help='RLIMIT_AS for every qemu-img child.'),
+]
+
+
+class RootConfig:
+    def __init__(self, allowed_roots, audit_log, cpu_seconds, as_bytes):
+        self.allowed_roots = allowed_roots
+        self.audit_log = audit_log
+        self.qemu_img_cpu_seconds = cpu_seconds
+        self.qemu_img_address_space = as_bytes
+
+
+_lock = threading.Lock()
+_loaded = None
+
+
+def config_path():
+    return os.environ.get(CONFIG_ENV, DEFAULT_CONFIG_PATH)
+
+
+def _check_trusted(path):
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise errors.ConfigurationError(
+            f'privileged configuration {path} does not exist')
+    if st.st_uid != os.geteuid():
+        raise errors.ConfigurationError(
+            f'privileged configuration {path} must be owned by uid '
+            f'{os.geteuid()}, not {st.st_uid}')
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise errors.ConfigurationError(
+            f'privileged configuration {path} is writable by group or others')
+
+
+def _normalise_roots(roots):
+    result = []
+    for root in roots:
+        if not os.path.isabs(root):
+            raise errors.ConfigurationError(
+                f'allowed root {root!r} is not an absolute path')
+        result.append(os.path.normpath(root))
+    return tuple(result)
+
+
+def load():
+    """Return the root configuration, reading it once per daemon."""
+    global _loaded
+    with _lock:
+        if _loaded is None:
+            path = config_path()
+            _check_trusted(path)
+            conf = cfg.ConfigOpts()
+            conf.register_opts(_OPTS, group='privileged')
+            conf(args=[], default_config_files=[path], project='volsep',
+                 use_env=False)
+            section = conf.privileged
+            _loaded = RootConfig(
+                _normalise_roots(section.allowed_roots),
+                section.audit_log,
+                section.qemu_img_cpu_seconds,
+                section.qemu_img_address_space_mib * 1024 * 1024)
+        return _loaded
+
+
+def list_opts():
+    return [('privileged', _OPTS)]

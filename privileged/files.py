@@ -1,0 +1,244 @@
+"""File entrypoints: each does one thing to files beneath the allowed roots.
+
+New files are built unnamed (O_TMPFILE), fsynced, then given their name with
+linkat, so a crash at any instant leaves either no file or the complete one,
+and never a temp name to clean up. Every name-changing call fsyncs the
+directories it changed before it returns.
+"""
+
+import ctypes
+import errno
+import os
+import stat
+
+from volsep.privileged import audit
+from volsep.privileged import contexts
+from volsep.privileged import copying
+from volsep.privileged import errors
+from volsep.privileged import paths
+from volsep.privileged import validate
+
+_RENAME_NOREPLACE = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _renameat2(src_dir_fd, src_name, dst_dir_fd, dst_name, flags):
+    rc = _libc.renameat2(src_dir_fd, os.fsencode(src_name), dst_dir_fd,
+                         os.fsencode(dst_name), ctypes.c_uint(flags))
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), dst_name)
+
+
+def _fsync_dirs(*dir_fds):
+    seen = set()
+    for fd in dir_fds:
+        key = (os.fstat(fd).st_dev, os.fstat(fd).st_ino)
+        if key not in seen:
+            seen.add(key)
+            paths.fsync_directory(fd)
+
+
+def _entry(name, st):
+    kind = ('file' if stat.S_ISREG(st.st_mode) else
+            'dir' if stat.S_ISDIR(st.st_mode) else
+            'symlink' if stat.S_ISLNK(st.st_mode) else 'other')
+    return {'name': name, 'type': kind, 'size': st.st_size,
+            'allocated': st.st_blocks * 512, 'inode': st.st_ino,
+            'nlink': st.st_nlink, 'mode': stat.S_IMODE(st.st_mode),
+            'mtime_ns': st.st_mtime_ns}
+
+
+@contexts.file_ops.entrypoint
+@audit.audited
+def create(path, size, mode=0o600):
+    """Create a sparse file of exactly ``size`` bytes; fail if it exists."""
+    validate.size(size)
+    validate.file_mode(mode)
+    with paths.parent_of(path) as (parent, name):
+        with paths.anonymous_file(parent, mode) as fd:
+            os.ftruncate(fd, size)
+            os.fsync(fd)
+            paths.publish(fd, parent, name, path)
+        paths.fsync_directory(parent)
+
+
+@contexts.file_ops.entrypoint
+@audit.audited
+def clone(src, dst, mode='auto', file_mode=0o600):
+    """Make ``dst`` (new) a copy of ``src``: FICLONE, or with ``auto`` or
+    ``never`` a hole-preserving byte copy. Returns 'reflink' or 'copy'."""
+    validate.choice(mode, validate.CLONE_MODES, 'mode')
+    validate.file_mode(file_mode)
+    with paths.regular_file(src, os.O_RDONLY) as (src_fd, st), \
+            paths.parent_of(dst) as (parent, name):
+        with paths.anonymous_file(parent, file_mode) as fd:
+            method = copying.clone_or_copy(src_fd, fd, st.st_size, mode)
+            os.fsync(fd)
+            paths.publish(fd, parent, name, dst)
+        paths.fsync_directory(parent)
+    return method
+
+
+@contexts.file_ops.entrypoint
+@audit.audited
+def truncate(path, size, allow_shrink=False):
+    """Set a file's size; shrinking must be asked for explicitly."""
+    validate.size(size)
+    validate.flag(allow_shrink, 'allow_shrink')
+    with paths.regular_file(path, os.O_WRONLY) as (fd, st):
+        if size < st.st_size and not allow_shrink:
+            raise errors.InvalidArgument(
+                f'{path}: shrinking from {st.st_size} to {size} bytes '
+                f'was not allowed')
+        os.ftruncate(fd, size)
+        os.fsync(fd)
+
+
+@contexts.file_ops.entrypoint
+@audit.audited
+def rename(src, dst, noreplace=False):
+    """Rename a regular file; with ``noreplace`` fail if ``dst`` exists."""
+    validate.flag(noreplace, 'noreplace')
+    with paths.parent_of(src) as (src_parent, src_name), \
+            paths.parent_of(dst) as (dst_parent, dst_name):
+        paths.check_regular(src, paths.lstat_in(src_parent, src_name, src),
+                            single_link=False)
+        try:
+            existing = os.stat(dst_name, dir_fd=dst_parent,
+                               follow_symlinks=False)
+        except FileNotFoundError:
+            existing = None
+        if existing is not None:
+            if noreplace:
+                raise errors.AlreadyExists(f'{dst}: already exists')
+            paths.check_regular(dst, existing, single_link=False)
+        try:
+            _renameat2(src_parent, src_name, dst_parent, dst_name,
+                       _RENAME_NOREPLACE if noreplace else 0)
+        except OSError as err:
+            if err.errno == errno.EEXIST:
+                raise errors.AlreadyExists(f'{dst}: already exists') from None
+            raise errors.PrivilegedError(
+                f'rename {src} -> {dst}: {err.strerror}') from None
+        _fsync_dirs(src_parent, dst_parent)
+
+
+@contexts.file_ops.entrypoint
+@audit.audited
+def link(src, dst):
+    """Give a single-linked regular file a second name (no replace)."""
+    with paths.parent_of(src) as (src_parent, src_name), \
+            paths.parent_of(dst) as (dst_parent, dst_name):
+        paths.check_regular(src, paths.lstat_in(src_parent, src_name, src))
+        try:
+            os.link(src_name, dst_name, src_dir_fd=src_parent,
+                    dst_dir_fd=dst_parent, follow_symlinks=False)
+        except FileExistsError:
+            raise errors.AlreadyExists(f'{dst}: already exists') from None
+        _fsync_dirs(dst_parent)
+
+
+@contexts.file_ops.entrypoint
+@audit.audited
+def unlink(path):
+    """Remove a regular file's name (links to it elsewhere are untouched)."""
+    with paths.parent_of(path) as (parent, name):
+        paths.check_regular(path, paths.lstat_in(parent, name, path),
+                            single_link=False)
+        os.unlink(name, dir_fd=parent)
+        paths.fsync_directory(parent)
+
+
+@contexts.file_ops.entrypoint
+@audit.audited
+def fsync(path):
+    """Flush a regular file or a directory to stable storage."""
+    with paths.parent_of(path) as (parent, name):
+        st = paths.lstat_in(parent, name, path)
+        if stat.S_ISDIR(st.st_mode):
+            with paths.directory(path) as fd:
+                paths.fsync_directory(fd)
+            return
+    with paths.regular_file(path, os.O_RDONLY, single_link=False) as (fd, _):
+        os.fsync(fd)
+
+
+@contexts.file_ops.entrypoint
+@audit.audited
+def mkdir(path, mode=0o755):
+    validate.dir_mode(mode)
+    with paths.parent_of(path) as (parent, name):
+        try:
+            os.mkdir(name, mode, dir_fd=parent)
+        except FileExistsError:
+            raise errors.AlreadyExists(f'{path}: already exists') from None
+        paths.fsync_directory(parent)
+
+
+@contexts.file_ops.entrypoint
+@audit.audited
+def rmdir(path):
+    """Remove an empty directory."""
+    with paths.parent_of(path) as (parent, name):
+        st = paths.lstat_in(parent, name, path)
+        if not stat.S_ISDIR(st.st_mode):
+            raise errors.PathRefused(f'{path}: is {paths.describe(st)}')
+        try:
+            os.rmdir(name, dir_fd=parent)
+        except OSError as err:
+            if err.errno == errno.ENOTEMPTY:
+                raise errors.InvalidArgument(
+                    f'{path}: directory is not empty') from None
+            raise
+        paths.fsync_directory(parent)
+
+
+@contexts.file_ops.entrypoint
+@audit.audited
+def list_dir(path):
+    """Entries of a directory with type, size, allocation and inode; the
+    entries are not followed."""
+    with paths.directory(path) as pfd:
+        fd = paths.reopen(pfd, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            names = sorted(os.listdir(fd))
+            return tuple(
+                _entry(n, os.stat(n, dir_fd=fd, follow_symlinks=False))
+                for n in names)
+        finally:
+            os.close(fd)
+
+
+@contexts.file_ops.entrypoint
+@audit.audited
+def stat_path(path):
+    """Like one entry of list_dir, for a single path (not followed)."""
+    with paths.parent_of(path) as (parent, name):
+        return _entry(name, paths.lstat_in(parent, name, path))
+
+
+@contexts.file_ops.entrypoint
+@audit.audited
+def filesystem_usage(path):
+    """Size and free bytes of the filesystem holding a directory."""
+    with paths.directory(path) as pfd:
+        fd = paths.reopen(pfd, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            vfs = os.fstatvfs(fd)
+        finally:
+            os.close(fd)
+    return {'size': vfs.f_blocks * vfs.f_frsize,
+            'free': vfs.f_bavail * vfs.f_frsize}
+
+
+@contexts.file_ops.entrypoint
+@audit.audited
+def reflink_supported(path):
+    """Whether files in this directory can share extents (probed with two
+    unnamed files, so nothing is left behind)."""
+    with paths.directory(path) as parent:
+        with paths.anonymous_file(parent, 0o600) as src, \
+                paths.anonymous_file(parent, 0o600) as dst:
+            os.write(src, b'\0' * 4096)
+            return copying.reflink(src, dst)

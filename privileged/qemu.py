@@ -1,0 +1,117 @@
+"""qemu-img entrypoints.
+
+Always an explicit format (never probed), --force-share for reads, the
+image handed over as an already-checked descriptor (/dev/fd/N), and the
+child confined by confined.run. info and create are quick and live in the
+file context; convert is a long job with its own context.
+"""
+
+import errno
+import json
+import os
+
+from volsep.privileged import audit
+from volsep.privileged import config
+from volsep.privileged import confined
+from volsep.privileged import contexts
+from volsep.privileged import errors
+from volsep.privileged import paths
+from volsep.privileged import validate
+
+QEMU_IMG = '/usr/bin/qemu-img'
+FORMATS = ('raw', 'qcow2', 'vmdk', 'vpc', 'vhdx', 'vdi')
+OUTPUT_FORMATS = ('raw', 'qcow2')
+# SIGKILL (RLIMIT_CPU hard limit) and SIGABRT (allocation failure under
+# RLIMIT_AS) are how qemu-img dies when a limit is hit (FACTS.md).
+_LIMIT_SIGNALS = (-9, -6, -24)
+_LIMIT_MESSAGES = ('Cannot allocate memory', 'Failed to allocate',
+                   'out of memory')
+
+
+def _fd_path(fd):
+    return f'/dev/fd/{fd}'
+
+
+def _run(argv, pass_fds, what):
+    conf = config.load()
+    result = confined.run(
+        [QEMU_IMG] + argv, cpu_seconds=conf.qemu_img_cpu_seconds,
+        address_space=conf.qemu_img_address_space, pass_fds=pass_fds)
+    if result.returncode == 0:
+        return result.stdout
+    message = result.stderr.strip().splitlines()[-1:] or ['']
+    if (result.returncode in _LIMIT_SIGNALS or
+            any(m in result.stderr for m in _LIMIT_MESSAGES)):
+        raise errors.LimitsExceeded(
+            f'{what}: qemu-img exceeded its CPU or memory limits '
+            f'(exit {result.returncode}) {message[0]}'.rstrip())
+    raise errors.InvalidImage(f'{what}: qemu-img failed: {message[0]}')
+
+
+@contexts.file_ops.entrypoint
+@audit.audited
+def info(path, fmt):
+    """`qemu-img info` of one image with a declared format, as a dict."""
+    validate.choice(fmt, FORMATS, 'format')
+    with paths.regular_file(path, os.O_RDONLY) as (fd, _):
+        out = _run(['info', '-f', fmt, '--force-share', '--output=json',
+                    _fd_path(fd)], (fd,), path)
+    try:
+        data = json.loads(out)
+    except ValueError:
+        raise errors.InvalidImage(f'{path}: qemu-img info gave no JSON')
+    data['filename'] = path
+    return data
+
+
+def _direct_io_works(fd):
+    try:
+        os.close(paths.reopen(fd, os.O_WRONLY | os.O_DIRECT))
+    except OSError as err:
+        if err.errno == errno.EINVAL:
+            return False
+        raise
+    return True
+
+
+@contexts.file_ops.entrypoint
+@audit.audited
+def create(path, fmt, size, backing=None, backing_fmt=None, mode=0o600):
+    """Create a new image; an overlay names its backing file and format.
+    The backing file is not opened (-u), so only its name is trusted here,
+    and that name must lie beneath an allowed root."""
+    validate.choice(fmt, OUTPUT_FORMATS, 'format')
+    validate.size(size)
+    validate.file_mode(mode)
+    argv = ['create', '-q', '-f', fmt]
+    if backing is not None:
+        if fmt != 'qcow2':
+            raise errors.InvalidArgument('only qcow2 images have backing '
+                                         'files')
+        validate.choice(backing_fmt, OUTPUT_FORMATS, 'backing format')
+        paths.split_beneath_root(backing)
+        argv += ['-u', '-b', backing, '-F', backing_fmt]
+    with paths.parent_of(path) as (parent, name):
+        with paths.anonymous_file(parent, mode) as fd:
+            _run(argv + [_fd_path(fd), str(size)], (fd,), path)
+            os.fsync(fd)
+            paths.publish(fd, parent, name, path)
+        paths.fsync_directory(parent)
+
+
+@contexts.long_jobs.entrypoint
+@audit.audited
+def convert(src, src_fmt, dst, dst_fmt, mode=0o600):
+    """Convert ``src`` (declared format) into a new image ``dst``."""
+    validate.choice(src_fmt, FORMATS, 'source format')
+    validate.choice(dst_fmt, OUTPUT_FORMATS, 'target format')
+    validate.file_mode(mode)
+    with paths.regular_file(src, os.O_RDONLY) as (src_fd, _), \
+            paths.parent_of(dst) as (parent, name):
+        with paths.anonymous_file(parent, mode) as fd:
+            cache = 'none' if _direct_io_works(fd) else 'writeback'
+            _run(['convert', '-q', '-f', src_fmt, '-O', dst_fmt, '-t', cache,
+                  _fd_path(src_fd), _fd_path(fd)], (src_fd, fd), src)
+            os.fsync(fd)
+            paths.publish(fd, parent, name, dst)
+        paths.fsync_directory(parent)
