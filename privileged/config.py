@@ -26,7 +26,7 @@ _OPTS = [
                     'side.'),
     cfg.IntOpt('qemu_img_cpu_seconds', default=30, min=1,
                help='RLIMIT_CPU for every qemu-img child.'),
-    cfg.IntOpt('qemu_img_address_space_mib', default=2048, min=64,
+    cfg.IntOpt('qemu_img_address_space_mib', default=2048, min=16,
                help='RLIMIT_AS for every qemu-img child.'),
 ]
 

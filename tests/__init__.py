@@ -1,0 +1,1 @@
+"""volsep test suite (run through tests/run)."""

@@ -1,0 +1,170 @@
+"""A test-only root helper: sets up hostile files and inspects root-owned
+state for tests that themselves run unprivileged.
+
+It is never installed and never part of volsep; production code cannot reach
+it. It keeps every capability, because building hostile fixtures (device
+nodes, links to host files, killing daemons) is its whole purpose.
+"""
+
+import os
+import shutil
+import signal
+import stat
+import subprocess
+
+from oslo_privsep import priv_context
+
+
+
+def _held_capabilities():
+    with open('/proc/self/status') as f:
+        mask = next(int(line.split()[1], 16) for line in f
+                    if line.startswith('CapPrm:'))
+    return [cap for cap in range(64) if mask >> cap & 1]
+
+
+ctx = priv_context.PrivContext(
+    'tests', cfg_section='volsep_test_rig', pypath=__name__ + '.ctx',
+    capabilities=_held_capabilities())
+
+
+@ctx.entrypoint
+def run(argv, env=None, input_data=None):
+    proc = subprocess.run(list(argv), capture_output=True, input=input_data,
+                          env=dict(env) if env is not None else None,
+                          check=False)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+@ctx.entrypoint
+def write(path, data, mode=0o600):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+@ctx.entrypoint
+def pwrite(path, offset, data):
+    """Write into an existing file as a running VM would."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, data, offset)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@ctx.entrypoint
+def read(path, offset=0, length=-1):
+    with open(path, 'rb') as f:
+        f.seek(offset)
+        return f.read(length)
+
+
+@ctx.entrypoint
+def sha256(path):
+    import hashlib
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@ctx.entrypoint
+def symlink(target, path):
+    os.symlink(target, path)
+
+
+@ctx.entrypoint
+def link(src, dst):
+    os.link(src, dst)
+
+
+@ctx.entrypoint
+def mkfifo(path):
+    os.mkfifo(path)
+
+
+@ctx.entrypoint
+def mknod_char(path, major, minor):
+    os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(major, minor))
+
+
+@ctx.entrypoint
+def mkdir(path, mode=0o755):
+    os.makedirs(path, mode, exist_ok=True)
+    os.chmod(path, mode)
+
+
+@ctx.entrypoint
+def rename(src, dst):
+    os.rename(src, dst)
+
+
+@ctx.entrypoint
+def rmtree(path):
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@ctx.entrypoint
+def lstat(path):
+    st = os.lstat(path)
+    return {'mode': st.st_mode, 'uid': st.st_uid, 'size': st.st_size,
+            'ino': st.st_ino, 'nlink': st.st_nlink,
+            'blocks': st.st_blocks, 'mtime_ns': st.st_mtime_ns}
+
+
+@ctx.entrypoint
+def tree(path):
+    """Everything below a directory: type, size, inode, mtime and, for
+    regular files, a content digest; for 'nothing changed on disk' checks."""
+    import hashlib
+    result = {}
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            st = os.lstat(full)
+            digest = None
+            if stat.S_ISREG(st.st_mode):
+                h = hashlib.sha256()
+                with open(full, 'rb') as f:
+                    for chunk in iter(lambda: f.read(1 << 20), b''):
+                        h.update(chunk)
+                digest = h.hexdigest()
+            result[os.path.relpath(full, path)] = (
+                stat.S_IFMT(st.st_mode), st.st_size, st.st_ino,
+                st.st_mtime_ns, digest)
+    return result
+
+
+@ctx.entrypoint
+def swap_loop(directory, name, decoy_target, iterations):
+    """Atomically swap `name` between a regular file and a symlink to
+    `decoy_target`, `iterations` times, ending on the regular file."""
+    real = os.path.join(directory, name)
+    spare_file = os.path.join(directory, name + '.file')
+    spare_link = os.path.join(directory, name + '.link')
+    os.symlink(decoy_target, spare_link)
+    for _ in range(iterations):
+        os.rename(real, spare_file)
+        os.rename(spare_link, real)
+        os.rename(real, spare_link)
+        os.rename(spare_file, real)
+    os.unlink(spare_link)
+
+
+@ctx.entrypoint
+def confined_status(argv):
+    """Run argv through volsep's confinement from this full-root process."""
+    from volsep.privileged import confined
+    result = confined.run(list(argv), cpu_seconds=10,
+                          address_space=512 << 20)
+    return result.returncode, result.stdout, result.stderr
+
+
+@ctx.entrypoint
+def kill(pid, sig=signal.SIGKILL):
+    os.kill(pid, sig)

@@ -1,0 +1,75 @@
+"""The trust boundary itself: who runs as what, and who may write where."""
+
+import os
+
+import pytest
+
+from volsep.privileged import errors
+from volsep.privileged import files
+
+
+def _children():
+    pids = []
+    for task in os.listdir('/proc/self/task'):
+        with open(f'/proc/self/task/{task}/children') as f:
+            pids += [int(p) for p in f.read().split()]
+    return pids
+
+
+def _status(pid):
+    with open(f'/proc/{pid}/status') as f:
+        return dict(line.rstrip('\n').split(':\t', 1) for line in f
+                    if ':\t' in line)
+
+
+def test_caller_is_unprivileged_and_daemons_are_root():
+    assert os.getuid() != 0 and os.geteuid() != 0
+    uids = [int(_status(pid)['Uid'].split()[0]) for pid in _children()]
+    # volsep's two daemons and the rig
+    assert uids.count(0) >= 3
+
+
+def test_volsep_daemons_keep_only_file_capabilities():
+    from volsep.privileged import contexts
+    wanted = sum(1 << cap for cap in contexts.FILE_CAPABILITIES)
+    caps = [int(_status(pid)['CapEff'], 16) for pid in _children()]
+    assert caps.count(wanted) == 2, [hex(c) for c in caps]
+
+
+def test_user_cannot_write_pool_but_entrypoints_can(xfs_dir, rig):
+    with pytest.raises(PermissionError):
+        open(f'{xfs_dir}/direct', 'w')
+    files.create(f'{xfs_dir}/vol.img', 1 << 20)
+    st = rig.lstat(f'{xfs_dir}/vol.img')
+    assert st['uid'] == 0
+    assert st['mode'] & 0o777 == 0o600
+    assert st['size'] == 1 << 20
+    with pytest.raises(PermissionError):
+        open(f'{xfs_dir}/vol.img', 'rb')
+
+
+def test_created_file_is_sparse_and_zero(any_root, rig):
+    _, d = any_root
+    files.create(f'{d}/v.img', 64 << 20)
+    st = rig.lstat(f'{d}/v.img')
+    assert st['size'] == 64 << 20
+    assert st['blocks'] * 512 <= 64 << 10
+    assert rig.read(f'{d}/v.img', 0, 4096) == b'\0' * 4096
+
+
+def test_create_refuses_existing_name(xfs_dir, rig):
+    rig.write(f'{xfs_dir}/v.img', b'keep')
+    with pytest.raises(errors.AlreadyExists):
+        files.create(f'{xfs_dir}/v.img', 4096)
+    assert rig.read(f'{xfs_dir}/v.img') == b'keep'
+
+
+def test_modes_are_explicit_despite_umask_zero(xfs_dir, rig):
+    files.mkdir(f'{xfs_dir}/sub', 0o750)
+    files.create(f'{xfs_dir}/sub/a', 1, 0o640)
+    assert rig.lstat(f'{xfs_dir}/sub')['mode'] & 0o777 == 0o750
+    assert rig.lstat(f'{xfs_dir}/sub/a')['mode'] & 0o777 == 0o640
+    with pytest.raises(errors.InvalidArgument):
+        files.create(f'{xfs_dir}/sub/b', 1, 0o666)
+    with pytest.raises(errors.InvalidArgument):
+        files.mkdir(f'{xfs_dir}/sub2', 0o777)
