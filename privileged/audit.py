@@ -37,7 +37,17 @@ def _summarise(value):
     return value
 
 
+_CALLER_TTL = 1.0
+_caller_cache = {'at': float('-inf'), 'value': None}
+
+
 def _caller():
+    # The caller is the daemon's parent (the frontend). Its uid changes at
+    # most once (the drop from root, before the first real call), so reading
+    # /proc once a second keeps the record right at a fraction of the cost.
+    now = time.monotonic()
+    if now - _caller_cache['at'] < _CALLER_TTL:
+        return _caller_cache['value']
     ppid = os.getppid()
     uid = None
     try:
@@ -48,7 +58,8 @@ def _caller():
                     break
     except OSError:
         pass
-    return {'pid': ppid, 'uid': uid}
+    _caller_cache.update(at=now, value={'pid': ppid, 'uid': uid})
+    return _caller_cache['value']
 
 
 def _last_line(fd):

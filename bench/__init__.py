@@ -1,0 +1,1 @@
+"""volsep benchmarks (run through bench/run)."""
