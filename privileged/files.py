@@ -65,15 +65,20 @@ def create(path, size, mode=0o600):
 
 @contexts.file_ops.entrypoint
 @audit.audited
-def clone(src, dst, mode='auto', file_mode=0o600):
+def clone(src, dst, mode='auto', file_mode=0o600, size=None):
     """Make ``dst`` (new) a copy of ``src``: FICLONE, or with ``auto`` or
-    ``never`` a hole-preserving byte copy. Returns 'reflink' or 'copy'."""
+    ``never`` a hole-preserving byte copy, then optionally set its size.
+    Returns 'reflink' or 'copy'."""
     validate.choice(mode, validate.CLONE_MODES, 'mode')
     validate.file_mode(file_mode)
+    if size is not None:
+        validate.size(size)
     with paths.regular_file(src, os.O_RDONLY) as (src_fd, st), \
             paths.parent_of(dst) as (parent, name):
         with paths.anonymous_file(parent, file_mode) as fd:
             method = copying.clone_or_copy(src_fd, fd, st.st_size, mode)
+            if size is not None:
+                os.ftruncate(fd, size)
             os.fsync(fd)
             paths.publish(fd, parent, name, dst)
         paths.fsync_directory(parent)
@@ -93,6 +98,37 @@ def truncate(path, size, allow_shrink=False):
                 f'was not allowed')
         os.ftruncate(fd, size)
         os.fsync(fd)
+
+
+@contexts.file_ops.entrypoint
+@audit.audited
+def write_at(path, offset, data):
+    """Write one chunk of an import stream into an existing file, within
+    its size (imports have an exact size fixed at their start)."""
+    validate.size(offset, 'offset')
+    if type(data) is not bytes or len(data) > validate.MAX_CHUNK:
+        raise errors.InvalidArgument(
+            f'data must be bytes of at most {validate.MAX_CHUNK}')
+    with paths.regular_file(path, os.O_WRONLY) as (fd, st):
+        if offset + len(data) > st.st_size:
+            raise errors.InvalidArgument(
+                f'{path}: writing {len(data)} bytes at {offset} passes its '
+                f'size {st.st_size}')
+        written = os.pwrite(fd, data, offset)
+    return written
+
+
+@contexts.file_ops.entrypoint
+@audit.audited
+def read_at(path, offset, length):
+    """Read one chunk of an export stream."""
+    validate.size(offset, 'offset')
+    validate.size(length, 'length')
+    if length > validate.MAX_CHUNK:
+        raise errors.InvalidArgument(f'length must be at most '
+                                     f'{validate.MAX_CHUNK}')
+    with paths.regular_file(path, os.O_RDONLY) as (fd, _):
+        return os.pread(fd, length, offset)
 
 
 @contexts.file_ops.entrypoint

@@ -5,6 +5,8 @@ from volsep.privileged import errors
 # 1 PiB: far beyond any disk image, far below what 64-bit offsets allow, so
 # arithmetic on sizes can never overflow a filesystem or qemu-img limit.
 MAX_SIZE = 1 << 50
+# One privsep message must stay far below the 100 MiB that kills the daemon.
+MAX_CHUNK = 8 << 20
 FILE_MODES = frozenset({0o600, 0o640, 0o644, 0o660})
 DIR_MODES = frozenset({0o700, 0o750, 0o755})
 CLONE_MODES = ('always', 'auto', 'never')

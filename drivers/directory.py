@@ -1,0 +1,345 @@
+"""Volumes as image files in a directory; the base of `file` and
+`file-reflink`, which differ only in how they copy.
+
+Every step that publishes content is one privileged call that is atomic on
+its own (a clone built unnamed and then linked, a rename), ordered so that a
+crash between any two calls leaves either the old or the new committed
+state, which `tidy` then completes.
+"""
+
+from volsep.drivers import base
+from volsep.drivers import errors
+from volsep.drivers import layout
+from volsep.privileged import errors as root_errors
+from volsep.privileged import files
+
+
+class DirectoryVolume(base.Volume):
+
+    @property
+    def directory(self):
+        return f'{self.pool.dir_path}/{self.config.domain}/{self.config.name}'
+
+    def _path(self, name):
+        return f'{self.directory}/{name}'
+
+    def listing(self):
+        try:
+            return layout.parse(files.list_dir(self.directory))
+        except root_errors.NotFound:
+            return layout.Listing()
+
+    def _committed(self, listing):
+        current = listing.current
+        if current is None:
+            raise errors.StorageError(
+                f'volume {self.config.address}: committed image missing in '
+                f'{self.directory}')
+        return current
+
+    def _ensure_directory(self):
+        domain_dir = f'{self.pool.dir_path}/{self.config.domain}'
+        for path in (domain_dir, self.directory):
+            try:
+                files.mkdir(path, 0o755)
+            except root_errors.AlreadyExists:
+                pass
+
+    def _publish_generation(self, listing, source_name, how):
+        """Make ``source_name`` the next committed generation, then retire
+        the previous one. ``how`` is 'rename' or a clone mode."""
+        old = listing.current
+        new = self._path(layout.committed(listing.next_generation))
+        if how == 'rename':
+            files.rename(self._path(source_name), new, noreplace=True)
+        else:
+            files.clone(self._path(source_name), new, how)
+        if old is not None:
+            self._retire(old[0], old[1]['name'])
+        self._prune()
+
+    def _retire(self, generation, name):
+        if self.config.revisions_to_keep > 0:
+            files.rename(self._path(name),
+                         self._path(layout.revision(generation)),
+                         noreplace=True)
+        else:
+            files.unlink(self._path(name))
+
+    def _prune(self):
+        listing = self.listing()
+        keep = max(self.config.revisions_to_keep, 0)
+        excess = len(listing.revisions) - keep
+        for rev in listing.revisions[:max(excess, 0)]:
+            files.unlink(self._path(rev.entry['name']))
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def create(self):
+        if self.config.kind != 'persistent':
+            return  # storage appears only when started
+        self._ensure_directory()
+        listing = self.listing()
+        if listing.committed:
+            raise errors.StorageError(
+                f'volume {self.config.address}: an image already exists in '
+                f'{self.directory}')
+        files.create(self._path(layout.committed(listing.next_generation)),
+                     self.config.size)
+
+    def remove(self):
+        for entry in files.list_dir(self.directory) if self._exists() else ():
+            if entry['type'] == 'file':
+                files.unlink(self._path(entry['name']))
+        if self._exists():
+            files.rmdir(self.directory)
+        try:
+            files.rmdir(f'{self.pool.dir_path}/{self.config.domain}')
+        except (root_errors.NotFound, root_errors.InvalidArgument):
+            pass  # gone already, or other volumes of the domain remain
+
+    def _exists(self):
+        try:
+            files.stat_path(self.directory)
+        except root_errors.NotFound:
+            return False
+        return True
+
+    def tidy(self, keep_import=False):
+        """Finish what a crash interrupted and drop leftovers; touches only
+        this volume's own directory."""
+        listing = self.listing()
+        for generation, entry in listing.committed[:-1]:
+            self._retire(generation, entry['name'])
+        for entry in listing.exports:
+            files.unlink(self._path(entry['name']))
+        if listing.import_target is not None and not keep_import:
+            files.unlink(self._path(layout.IMPORT))
+        if self.config.kind == 'persistent':
+            self._prune()
+
+    def verify(self):
+        if self.config.kind == 'persistent':
+            self._committed(self.listing())
+        elif self.config.kind == 'snapshot':
+            source = self.pool.volume(self.config.source)
+            source._committed(source.listing())
+
+    def start(self):
+        """Prepare the image the hypervisor attaches; return its path."""
+        self.tidy()
+        listing = self.listing()
+        kind = self.config.kind
+        if kind == 'persistent':
+            generation, entry = self._committed(listing)
+            if self.config.revisions_to_keep == -1:
+                return self._path(entry['name'])
+            if listing.working is None:
+                files.clone(self._path(entry['name']),
+                            self._path(layout.working()),
+                            self.pool.clone_mode)
+            return self._path(layout.working())
+        self._ensure_directory()
+        if listing.working is not None:
+            files.unlink(self._path(listing.working['name']))
+        if kind == 'volatile':
+            files.create(self._path(layout.working()), self.config.size)
+            return self._path(layout.working())
+        source = self.pool.volume(self.config.source)
+        generation, entry = source._committed(source.listing())
+        target = self._path(layout.working(generation))
+        files.clone(source._path(entry['name']), target, self.pool.clone_mode)
+        return target
+
+    def stop(self):
+        listing = self.listing()
+        if listing.working is None:
+            return
+        if (self.config.kind == 'persistent' and
+                self.config.revisions_to_keep >= 0):
+            self._publish_generation(listing, listing.working['name'],
+                                     'rename')
+        else:
+            files.unlink(self._path(listing.working['name']))
+            if self.config.kind != 'persistent':
+                self._remove_empty_directory()
+
+    def _remove_empty_directory(self):
+        try:
+            files.rmdir(self.directory)
+        except (root_errors.NotFound, root_errors.InvalidArgument):
+            pass
+
+    # -- revisions ---------------------------------------------------------
+
+    def revisions(self):
+        return [{'id': r.id, 'timestamp': r.timestamp,
+                 'size': r.entry['size']} for r in self.listing().revisions]
+
+    def revert(self, revision=None):
+        self.tidy()
+        listing = self.listing()
+        if listing.working is not None:
+            raise errors.VolumeBusy(
+                f'volume {self.config.address} has an uncommitted working '
+                f'copy (dirty or running); stop it before reverting')
+        if not listing.revisions:
+            raise errors.RevisionNotFound(
+                f'volume {self.config.address} has no revisions')
+        if revision is None:
+            target = listing.revisions[-1]
+        else:
+            target = next((r for r in listing.revisions
+                           if r.id == revision), None)
+            if target is None:
+                raise errors.RevisionNotFound(
+                    f'volume {self.config.address} has no revision '
+                    f'{revision}')
+        self._publish_generation(listing, target.entry['name'], 'rename')
+
+    # -- import, export, clone, clear -------------------------------------
+
+    def import_begin(self, size):
+        listing = self.listing()
+        if listing.import_target is not None:
+            raise errors.VolumeBusy(
+                f'volume {self.config.address} already has an import pending')
+        self._committed(listing)
+        files.create(self._path(layout.IMPORT), size)
+        return self._path(layout.IMPORT)
+
+    def import_end(self, success):
+        listing = self.listing()
+        if listing.import_target is None:
+            raise errors.InvalidArgument(
+                f'volume {self.config.address} has no import pending')
+        if not success:
+            files.unlink(self._path(layout.IMPORT))
+            return
+        files.fsync(self._path(layout.IMPORT))
+        self._publish_generation(listing, layout.IMPORT, 'rename')
+
+    def import_from(self, source):
+        """Replace the committed content with a copy of another volume's."""
+        _, entry = source._committed(source.listing())
+        listing = self.listing()
+        self._committed(listing)
+        same_pool = source.pool is self.pool
+        mode = self.pool.clone_mode if same_pool else (
+            'never' if 'never' in (self.pool.clone_mode,
+                                   source.pool.clone_mode) else 'auto')
+        files.clone(source._path(entry['name']), self._path(layout.IMPORT),
+                    mode)
+        self._publish_generation(self.listing(), layout.IMPORT, 'rename')
+
+    def clear(self):
+        listing = self.listing()
+        _, entry = self._committed(listing)
+        files.create(self._path(layout.IMPORT), entry['size'])
+        self._publish_generation(self.listing(), layout.IMPORT, 'rename')
+
+    def export_begin(self):
+        """A private snapshot of the committed data; later commits do not
+        change it."""
+        _, entry = self._committed(self.listing())
+        target = self._path(layout.export())
+        files.clone(self._path(entry['name']), target, self.pool.clone_mode)
+        return target
+
+    def export_end(self, path):
+        name = path.rsplit('/', 1)[-1]
+        if path != self._path(name) or not layout.is_export(name):
+            raise errors.InvalidArgument(f'{path} is not an export of '
+                                         f'{self.config.address}')
+        files.unlink(path)
+
+    # -- resize ------------------------------------------------------------
+
+    def resize(self, size, allow_shrink, running):
+        listing = self.listing()
+        if running and listing.working is not None:
+            files.truncate(self._path(listing.working['name']), size,
+                           allow_shrink=allow_shrink)
+            return
+        if self.config.kind != 'persistent':
+            return  # a stopped volatile volume takes its size at start
+        generation, entry = self._committed(listing)
+        if running:  # revisions_to_keep = -1: the VM writes it directly
+            files.truncate(self._path(entry['name']), size,
+                           allow_shrink=allow_shrink)
+            return
+        # Never in place: the new size goes into a new generation.
+        new = self._path(layout.committed(listing.next_generation))
+        files.clone(self._path(entry['name']), new, self.pool.clone_mode,
+                    size=size)
+        self._retire(generation, entry['name'])
+        self._prune()
+
+    # -- state -------------------------------------------------------------
+
+    def state(self):
+        """What the disk says: size, usage, dirtiness, path, outdatedness."""
+        listing = self.listing()
+        kind = self.config.kind
+        working = listing.working
+        current = listing.current
+        image = working or (current[1] if current else None)
+        if kind == 'persistent':
+            size = image['size'] if image else 0
+        elif working is not None:
+            size = working['size']
+        elif kind == 'snapshot':
+            source = self.pool.volume(self.config.source).listing().current
+            size = source[1]['size'] if source else 0
+        else:
+            size = self.config.size
+        outdated = False
+        if kind == 'snapshot' and working is not None:
+            source = self.pool.volume(self.config.source).listing().current
+            outdated = (source is None or
+                        source[0] != listing.working_source_gen)
+        return {
+            'size': size,
+            'usage': image['allocated'] if image else 0,
+            'is_dirty': kind == 'persistent' and working is not None,
+            'is_outdated': outdated,
+            'path': self._path(image['name']) if image else None,
+            'import_pending': listing.import_target is not None,
+            'has_working_copy': working is not None,
+        }
+
+
+class DirectoryPool(base.Pool):
+    volume_class = DirectoryVolume
+    clone_mode = 'never'
+    options = dict(base.Pool.options, dir_path=base.Option(
+        'absolute directory of the pool, beneath an allowed root',
+        required=True))
+
+    @classmethod
+    def parse_options(cls, given):
+        parsed = super().parse_options(given)
+        path = parsed['dir_path']
+        if not path.startswith('/') or path.rstrip('/') != path:
+            raise errors.InvalidArgument(
+                f'dir_path {path!r} must be absolute, without a trailing /')
+        return parsed
+
+    @property
+    def dir_path(self):
+        return self.options['dir_path']
+
+    def setup(self):
+        try:
+            files.mkdir(self.dir_path, 0o755)
+        except root_errors.AlreadyExists:
+            pass
+
+    def destroy(self):
+        try:
+            files.rmdir(self.dir_path)
+        except (root_errors.NotFound, root_errors.InvalidArgument):
+            pass  # already gone, or holds files that are not volsep's
+
+    def usage(self):
+        return files.filesystem_usage(self.dir_path)

@@ -1,0 +1,108 @@
+"""File names of a directory-pool volume: all of its state, and nothing
+that needs a disk to compute.
+
+Each volume owns one directory, POOL/DOMAIN/VOLUME/, so no name of one
+volume can ever be mistaken for another's. Inside it:
+
+    c<N>.img           committed image, generation N (the highest N wins)
+    r<N>@<UTC>.img     revision: generation N, retired at UTC time
+    w.img              working copy of a running persistent/volatile volume
+    w@<G>.img          working copy of a snapshot started from source gen G
+    i.img              pending import target
+    x-<hex>.img        export snapshot
+
+Generations only grow: a new committed image always gets the next number
+above every committed image and revision ever seen, so revision ids never
+repeat.
+"""
+
+import dataclasses
+import datetime
+import re
+import secrets
+
+_COMMITTED = re.compile(r'c([0-9]{1,18})\.img')
+_REVISION = re.compile(r'r([0-9]{1,18})@([0-9]{8}T[0-9]{6}Z)\.img')
+_WORKING = re.compile(r'w(?:@([0-9]{1,18}))?\.img')
+_EXPORT = re.compile(r'x-[0-9a-f]{16}\.img')
+IMPORT = 'i.img'
+
+
+@dataclasses.dataclass
+class Revision:
+    id: int
+    stamp: str
+    entry: dict
+
+    @property
+    def timestamp(self):
+        moment = datetime.datetime.strptime(self.stamp, '%Y%m%dT%H%M%SZ')
+        return moment.strftime('%Y-%m-%dT%H:%M:%SZ')
+
+
+@dataclasses.dataclass
+class Listing:
+    committed: list = dataclasses.field(default_factory=list)  # (gen, entry)
+    revisions: list = dataclasses.field(default_factory=list)  # Revision
+    working: object = None          # entry
+    working_source_gen: object = None
+    import_target: object = None    # entry
+    exports: list = dataclasses.field(default_factory=list)
+    unknown: list = dataclasses.field(default_factory=list)
+
+    @property
+    def current(self):
+        """(generation, entry) of the committed image, or None."""
+        return max(self.committed, key=lambda c: c[0], default=None)
+
+    @property
+    def next_generation(self):
+        used = [g for g, _ in self.committed] + [r.id for r in self.revisions]
+        return max(used, default=0) + 1
+
+
+def parse(entries):
+    listing = Listing()
+    for entry in entries:
+        name = entry['name']
+        if entry['type'] != 'file':
+            listing.unknown.append(entry)
+        elif m := _COMMITTED.fullmatch(name):
+            listing.committed.append((int(m[1]), entry))
+        elif m := _REVISION.fullmatch(name):
+            listing.revisions.append(Revision(int(m[1]), m[2], entry))
+        elif m := _WORKING.fullmatch(name):
+            listing.working = entry
+            listing.working_source_gen = int(m[1]) if m[1] else None
+        elif name == IMPORT:
+            listing.import_target = entry
+        elif _EXPORT.fullmatch(name):
+            listing.exports.append(entry)
+        else:
+            listing.unknown.append(entry)
+    listing.committed.sort(key=lambda c: c[0])
+    listing.revisions.sort(key=lambda r: r.id)
+    return listing
+
+
+def committed(generation):
+    return f'c{generation}.img'
+
+
+def revision(generation, now=None):
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    return f'r{generation}@{now.strftime("%Y%m%dT%H%M%SZ")}.img'
+
+
+def working(source_generation=None):
+    if source_generation is None:
+        return 'w.img'
+    return f'w@{source_generation}.img'
+
+
+def export():
+    return f'x-{secrets.token_hex(8)}.img'
+
+
+def is_export(name):
+    return bool(_EXPORT.fullmatch(name))

@@ -1,0 +1,558 @@
+"""Pools, domains and their volumes: the decisions of the frontend.
+
+One lock per volume serialises operations on it; operations on different
+volumes run in parallel. A domain's volumes start and stop in parallel, all
+are waited for, then the first error is raised. Every change to settings is
+saved to the state document before the call returns.
+"""
+
+import collections
+import concurrent.futures
+import functools
+import os
+import threading
+
+from volsep.drivers import base
+from volsep.drivers import errors
+from volsep.drivers import validation
+from volsep.frontend import drivers
+from volsep.frontend import state as state_module
+
+
+def _contract_errors(cls):
+    """Every public method raises only contract errors (drivers.errors):
+    root-side errors are turned into the class they name."""
+    def wrap(method):
+        @functools.wraps(method)
+        def wrapper(*args, **kwargs):
+            try:
+                return method(*args, **kwargs)
+            except Exception as exc:
+                replacement = errors.translated(exc)
+                if replacement is None:
+                    raise
+                raise replacement from exc
+        return wrapper
+    for name, value in list(vars(cls).items()):
+        if callable(value) and not name.startswith('_'):
+            setattr(cls, name, wrap(value))
+    return cls
+
+
+class Domain:
+    def __init__(self, running=False):
+        self.running = running
+        self.volumes = {}  # name -> base.VolumeConfig
+
+
+def parse_address(address):
+    if type(address) is not str or address.count(':') != 1:
+        raise errors.InvalidArgument(
+            f'a volume is addressed as DOMAIN:VOLUME, not {address!r}')
+    domain, name = address.split(':')
+    return validation.name(domain, 'domain'), validation.name(name, 'volume')
+
+
+@_contract_errors
+class Manager:
+    def __init__(self, state_dir):
+        self.document = state_module.StateDocument(
+            os.path.join(state_dir, 'state.xml'))
+        self.pools = {}
+        self.domains = {}
+        self.default_pool = None
+        self._lock = threading.RLock()   # the dicts and the document
+        self._volume_locks = collections.defaultdict(threading.Lock)
+        self._importing = set()
+        self._load()
+
+    # -- state -------------------------------------------------------------
+
+    def _load(self):
+        snapshot = self.document.load()
+        self.default_pool = snapshot.default_pool
+        for name, (driver, options) in snapshot.pools.items():
+            self.pools[name] = drivers.load(driver)(name, options)
+        for name, (running, volumes) in snapshot.domains.items():
+            domain = self.domains[name] = Domain(running)
+            for vol in volumes:
+                domain.volumes[vol['name']] = base.VolumeConfig(
+                    domain=name, name=vol['name'], pool=vol['pool'],
+                    kind=vol['kind'], size=vol['size'], rw=vol['rw'],
+                    revisions_to_keep=vol['revisions_to_keep'],
+                    source=vol['source'])
+        for domain in self.domains.values():
+            for config in domain.volumes.values():
+                if config.source:
+                    config.source = self._config(config.source)
+
+    def _save(self):
+        pools = {name: (pool.driver, self._option_strings(pool))
+                 for name, pool in self.pools.items()}
+        domains = {}
+        for name, domain in self.domains.items():
+            domains[name] = (domain.running, [
+                {'name': c.name, 'pool': c.pool, 'kind': c.kind,
+                 'size': c.size, 'rw': c.rw,
+                 'revisions_to_keep': c.revisions_to_keep,
+                 'source': c.source.address if c.source else None}
+                for c in domain.volumes.values()])
+        self.document.save(state_module.Snapshot(pools, domains,
+                                                 self.default_pool))
+
+    @staticmethod
+    def _option_strings(pool):
+        out = {}
+        for key, value in pool.options.items():
+            out[key] = ('yes' if value else 'no') if type(value) is bool \
+                else str(value)
+        return out
+
+    def reconcile(self):
+        """Bring every volume in line with its domain's recorded state:
+        finish interrupted commits, drop leftovers, and leave stopped
+        domains with no working copies."""
+        for domain in list(self.domains.values()):
+            for config in domain.volumes.values():
+                with self._volume_lock(config):
+                    volume = self._volume(config)
+                    volume.tidy()
+                    if not domain.running:
+                        volume.stop()
+
+    # -- lookups -----------------------------------------------------------
+
+    def _pool(self, name):
+        validation.name(name, 'pool')
+        try:
+            return self.pools[name]
+        except KeyError:
+            raise errors.PoolNotFound(f'no pool named {name}') from None
+
+    def _config(self, address):
+        domain, name = parse_address(address)
+        try:
+            return self.domains[domain].volumes[name]
+        except KeyError:
+            raise errors.VolumeNotFound(f'no volume {address}') from None
+
+    def _volume(self, config):
+        return self._pool(config.pool).volume(config)
+
+    def _volume_lock(self, config):
+        return self._volume_locks[config.vid]
+
+    def _running(self, config):
+        domain = self.domains.get(config.domain)
+        return bool(domain and domain.running)
+
+    def _dependents(self, config):
+        return [c for d in self.domains.values() for c in d.volumes.values()
+                if c.source is config]
+
+    # -- pools -------------------------------------------------------------
+
+    def list_drivers(self):
+        return [dict(drivers.load(name).describe(), driver=name)
+                for name in drivers.available()]
+
+    def list_pools(self):
+        with self._lock:
+            return [{'name': p.name, 'driver': p.driver}
+                    for p in sorted(self.pools.values(),
+                                    key=lambda p: p.name)]
+
+    def add_pool(self, name, driver, options):
+        """``options``: (key, value) pairs; a key given twice is an error."""
+        validation.name(name, 'pool')
+        seen = {}
+        for key, value in options:
+            if key in seen:
+                raise errors.InvalidArgument(f'option {key} given twice')
+            seen[key] = value
+        pool = drivers.load(driver)(name, seen)
+        with self._lock:
+            if name in self.pools:
+                raise errors.InvalidArgument(f'pool {name} already exists')
+            pool.setup()
+            self.pools[name] = pool
+            self._save()
+        return self.pool_info(name)
+
+    def set_default_pool(self, name):
+        with self._lock:
+            self._pool(name)
+            self.default_pool = name
+            self._save()
+
+    def remove_pool(self, name):
+        with self._lock:
+            pool = self._pool(name)
+            users = [c.address for d in self.domains.values()
+                     for c in d.volumes.values() if c.pool == name]
+            if users:
+                raise errors.PoolInUse(f'pool {name} is used by '
+                                       f'{", ".join(sorted(users))}')
+            if name == self.default_pool:
+                raise errors.PoolInUse(f'pool {name} is the default pool')
+            pool.destroy()
+            del self.pools[name]
+            self._save()
+
+    def set_pool(self, name, options):
+        with self._lock:
+            pool = self._pool(name)
+            given = dict(self._option_strings(pool))
+            for key, value in options:
+                if key not in ('revisions_to_keep', 'max_volume_size'):
+                    raise errors.InvalidArgument(
+                        f'option {key} cannot be changed on an existing pool')
+                given[key] = value
+            pool.options = pool.parse_options(given)
+            self._save()
+            return self.pool_info(name)
+
+    def pool_info(self, name):
+        with self._lock:
+            pool = self._pool(name)
+            usage = pool.usage()
+            dir_path = pool.options.get('dir_path')
+            included_in = None
+            for other in self.pools.values():
+                other_dir = other.options.get('dir_path')
+                if (other is not pool and dir_path and other_dir and
+                        dir_path.startswith(other_dir.rstrip('/') + '/')):
+                    included_in = other.name
+            return dict(self._option_strings(pool), name=name,
+                        driver=pool.driver, size=usage['size'],
+                        usage=usage['size'] - usage['free'],
+                        included_in=included_in)
+
+    # -- volumes -----------------------------------------------------------
+
+    def create_volume(self, address, pool, size=0, kind='persistent',
+                      source=None, revisions_to_keep=None, rw=True):
+        domain_name, name = parse_address(address)
+        if kind not in base.KINDS:
+            raise errors.InvalidArgument(f'unknown volume kind {kind!r}')
+        with self._lock:
+            pool_obj = self._pool(pool)
+            if kind not in pool_obj.capabilities.kinds:
+                raise errors.NotSupported(f'pool {pool} has no {kind} '
+                                          f'volumes')
+            domain = self.domains.get(domain_name)
+            if domain and name in domain.volumes:
+                raise errors.InvalidArgument(f'volume {address} exists')
+            if domain and domain.running:
+                raise errors.VolumeBusy(f'domain {domain_name} is running')
+            source_config = None
+            if kind == 'snapshot':
+                if source is None:
+                    raise errors.InvalidArgument(
+                        'a snapshot volume needs a source')
+                source_config = self._config(source)
+                if source_config.pool != pool:
+                    raise errors.InvalidArgument(
+                        f'source {source} is in pool {source_config.pool}, '
+                        f'not {pool}')
+                if source_config.kind != 'persistent':
+                    raise errors.InvalidArgument(
+                        f'source {source} is not a persistent volume')
+                size = 0
+            elif source is not None:
+                raise errors.InvalidArgument(
+                    'only snapshot volumes have a source')
+            else:
+                size = validation.size(
+                    size, pool_obj.options['max_volume_size'])
+            if revisions_to_keep is None:
+                revisions_to_keep = pool_obj.options['revisions_to_keep']
+            config = base.VolumeConfig(
+                domain=domain_name, name=name, pool=pool, kind=kind,
+                size=size, rw=validation.boolean(rw, 'rw'),
+                revisions_to_keep=validation.revisions_to_keep(
+                    revisions_to_keep),
+                source=source_config)
+            with self._volume_lock(config):
+                self._volume(config).create()
+                self.domains.setdefault(domain_name, Domain()).volumes[
+                    name] = config
+                self._save()
+        return self.volume_info(address)
+
+    def remove_volume(self, address):
+        with self._lock:
+            config = self._config(address)
+            if self._running(config):
+                raise errors.VolumeBusy(f'domain {config.domain} is running')
+            dependents = self._dependents(config)
+            if dependents:
+                raise errors.VolumeBusy(
+                    f'{address} is the source of '
+                    f'{", ".join(c.address for c in dependents)}')
+            with self._volume_lock(config):
+                self._volume(config).remove()
+                domain = self.domains[config.domain]
+                del domain.volumes[config.name]
+                if not domain.volumes:
+                    del self.domains[config.domain]
+                self._importing.discard(config.vid)
+                self._save()
+
+    def volume_info(self, address):
+        config = self._config(address)
+        disk = self._volume(config).state()
+        running = self._running(config)
+        return {
+            'domain': config.domain, 'name': config.name,
+            'pool': config.pool, 'vid': config.vid, 'kind': config.kind,
+            'snap_on_start': config.kind == 'snapshot',
+            'save_on_stop': config.kind == 'persistent',
+            'source': config.source.address if config.source else None,
+            'size': disk['size'], 'usage': disk['usage'], 'rw': config.rw,
+            'revisions_to_keep': config.revisions_to_keep,
+            'is_outdated': disk['is_outdated'] and running,
+            'is_dirty': disk['is_dirty'], 'running': running,
+            'format': 'raw', 'path': disk['path'],
+            'import_pending': config.vid in self._importing,
+        }
+
+    def list_volumes(self, pool=None, domains=()):
+        with self._lock:
+            configs = [c for name, d in sorted(self.domains.items())
+                       if not domains or name in domains
+                       for c in d.volumes.values()
+                       if pool is None or c.pool == pool]
+        result = []
+        for c in configs:
+            result.append({'domain': c.domain, 'name': c.name,
+                           'pool': c.pool, 'vid': c.vid, 'kind': c.kind,
+                           'size': self._volume(c).state()['size']})
+        return result
+
+    def set_volume(self, address, prop, value):
+        config = self._config(address)
+        with self._volume_lock(config):
+            if prop == 'rw':
+                if self._running(config):
+                    raise errors.VolumeBusy(f'domain {config.domain} is '
+                                            f'running')
+                config.rw = validation.boolean(value, 'rw')
+            elif prop == 'revisions_to_keep':
+                value = validation.revisions_to_keep(value)
+                switching = -1 in (value, config.revisions_to_keep) and \
+                    value != config.revisions_to_keep
+                busy = [config] + self._dependents(config)
+                if switching and any(self._running(c) for c in busy):
+                    raise errors.VolumeBusy(
+                        f'cannot switch {address} to or from '
+                        f'revisions_to_keep=-1 while it or a snapshot of it '
+                        f'is running')
+                config.revisions_to_keep = value
+                self._volume(config).tidy(
+                    keep_import=config.vid in self._importing)
+            else:
+                raise errors.InvalidArgument(
+                    f'property {prop!r} cannot be set; use rw or '
+                    f'revisions_to_keep')
+            with self._lock:
+                self._save()
+        return self.volume_info(address)
+
+    def resize(self, address, size, force=False):
+        config = self._config(address)
+        pool = self._pool(config.pool)
+        size = validation.size(size, pool.options['max_volume_size'])
+        with self._volume_lock(config):
+            if config.kind == 'snapshot':
+                raise errors.InvalidArgument(
+                    f'{address} is a snapshot: its size follows its source')
+            if not config.rw:
+                raise errors.InvalidArgument(f'{address} is read-only')
+            volume = self._volume(config)
+            current = volume.state()['size']
+            running = self._running(config)
+            if size < current and not force:
+                raise errors.InvalidArgument(
+                    f'shrinking {address} from {current} to {size} bytes '
+                    f'loses data; use --force')
+            if size < current and running:
+                raise errors.VolumeBusy(f'{address} cannot shrink while '
+                                        f'running')
+            if config.vid in self._importing:
+                raise errors.VolumeBusy(f'{address} has an import pending')
+            volume.resize(size, allow_shrink=size < current, running=running)
+            if config.kind == 'volatile':
+                config.size = size
+                with self._lock:
+                    self._save()
+        return self.volume_info(address)
+
+    def revisions(self, address):
+        config = self._config(address)
+        return self._volume(config).revisions()
+
+    def revert(self, address, revision=None):
+        config = self._config(address)
+        if revision is not None:
+            if type(revision) is str and revision.isdigit() and \
+                    len(revision) <= 18:
+                revision = int(revision)
+            if type(revision) is not int or revision < 0:
+                raise errors.InvalidArgument(
+                    f'revision must be a whole number, not {revision!r}')
+        with self._volume_lock(config):
+            self._check_stopped_persistent(config, 'revert')
+            self._volume(config).revert(revision)
+        return self.volume_info(address)
+
+    def _check_stopped_persistent(self, config, what):
+        if config.kind != 'persistent':
+            raise errors.InvalidArgument(
+                f'cannot {what} {config.address}: it is {config.kind}')
+        if self._running(config):
+            raise errors.VolumeBusy(f'cannot {what} {config.address}: domain '
+                                    f'{config.domain} is running')
+        if config.vid in self._importing:
+            raise errors.VolumeBusy(f'cannot {what} {config.address}: an '
+                                    f'import is pending')
+
+    # -- import, export, clone, clear -------------------------------------
+
+    def import_begin(self, address, size):
+        config = self._config(address)
+        size = validation.size(size, self._pool(config.pool).options[
+            'max_volume_size'])
+        with self._volume_lock(config):
+            self._check_stopped_persistent(config, 'import into')
+            path = self._volume(config).import_begin(size)
+            self._importing.add(config.vid)
+            return path
+
+    def import_end(self, address, success=True):
+        config = self._config(address)
+        with self._volume_lock(config):
+            if config.vid not in self._importing:
+                raise errors.InvalidArgument(f'{address} has no import '
+                                             f'pending')
+            try:
+                self._volume(config).import_end(bool(success))
+            finally:
+                self._importing.discard(config.vid)
+        return self.volume_info(address)
+
+    def export_begin(self, address):
+        config = self._config(address)
+        with self._volume_lock(config):
+            if config.kind != 'persistent':
+                raise errors.InvalidArgument(
+                    f'cannot export {address}: it is {config.kind}')
+            return self._volume(config).export_begin()
+
+    def export_end(self, address, path):
+        config = self._config(address)
+        with self._volume_lock(config):
+            self._volume(config).export_end(path)
+
+    def clone(self, source_address, target_address):
+        source = self._config(source_address)
+        target = self._config(target_address)
+        if source is target:
+            raise errors.InvalidArgument('a volume cannot be cloned into '
+                                         'itself')
+        if source.kind != 'persistent':
+            raise errors.InvalidArgument(f'{source_address} is not '
+                                         f'persistent')
+        if source.revisions_to_keep == -1 and self._running(source):
+            raise errors.VolumeBusy(
+                f'{source_address} is running with revisions_to_keep=-1: '
+                f'its committed image is being written')
+        # Locks in a fixed order, so two opposite clones cannot deadlock.
+        first, second = sorted((source, target), key=lambda c: c.vid)
+        with self._volume_lock(first), self._volume_lock(second):
+            self._check_stopped_persistent(target, 'clone into')
+            self._volume(target).import_from(self._volume(source))
+        return self.volume_info(target_address)
+
+    def clear(self, address):
+        config = self._config(address)
+        with self._volume_lock(config):
+            self._check_stopped_persistent(config, 'clear')
+            self._volume(config).clear()
+        return self.volume_info(address)
+
+    # -- domains -----------------------------------------------------------
+
+    def _domain(self, name):
+        validation.name(name, 'domain')
+        try:
+            return self.domains[name]
+        except KeyError:
+            raise errors.VolumeNotFound(f'domain {name} has no volumes') \
+                from None
+
+    @staticmethod
+    def _all(configs, action):
+        """Run action on every volume in parallel; wait for all; raise the
+        first error (in volume order); return results in that order."""
+        if not configs:
+            return []
+        with concurrent.futures.ThreadPoolExecutor(len(configs)) as pool:
+            futures = [pool.submit(action, c) for c in configs]
+            concurrent.futures.wait(futures)
+        for future in futures:
+            if future.exception() is not None:
+                raise future.exception()
+        return [f.result() for f in futures]
+
+    def start_domain(self, name):
+        with self._lock:
+            domain = self._domain(name)
+            if domain.running:
+                raise errors.VolumeBusy(f'domain {name} is already running')
+            configs = list(domain.volumes.values())
+            for config in configs:
+                self._check_startable(config)
+        for config in configs:  # verify everything before starting anything
+            self._volume(config).verify()
+
+        started = []
+
+        def start_one(config):
+            with self._volume_lock(config):
+                path = self._volume(config).start()
+                started.append(config)
+                return {'volume': config.name, 'path': path,
+                        'format': 'raw', 'rw': config.rw}
+        try:
+            result = self._all(configs, start_one)
+        except Exception:
+            self._all(list(started), self._stop_one)
+            raise
+        with self._lock:
+            domain.running = True
+            self._save()
+        return result
+
+    def _check_startable(self, config):
+        if config.vid in self._importing:
+            raise errors.VolumeBusy(f'{config.address} has an import pending')
+        source = config.source
+        if (source is not None and source.revisions_to_keep == -1 and
+                self._running(source)):
+            raise errors.VolumeBusy(
+                f'{config.address}: its source {source.address} is running '
+                f'with revisions_to_keep=-1')
+
+    def _stop_one(self, config):
+        with self._volume_lock(config):
+            self._volume(config).stop()
+
+    def stop_domain(self, name):
+        with self._lock:
+            domain = self._domain(name)
+            configs = list(domain.volumes.values())
+        self._all(configs, self._stop_one)
+        with self._lock:
+            domain.running = False
+            self._save()
