@@ -38,6 +38,11 @@ def start_daemons():
     for ctx in contexts.ALL:
         if not system:
             cfg.CONF.set_override('capabilities', [], group=ctx.cfg_section)
+        # If a forked daemon dies, oslo.privsep "restarts" it through sudo.
+        # After the drop that must fail at once, never prompt or escalate:
+        # the service exits and its supervisor starts it afresh.
+        cfg.CONF.set_override('helper_command', '/bin/false',
+                              group=ctx.cfg_section)
         ctx.start(priv_context.Method.FORK)
     return 'system' if system else 'user'
 

@@ -29,10 +29,10 @@ ctx = priv_context.PrivContext(
 
 
 @ctx.entrypoint
-def run(argv, env=None, input_data=None):
+def run(argv, env=None, input_data=None, timeout=300):
     proc = subprocess.run(list(argv), capture_output=True, input=input_data,
                           env=dict(env) if env is not None else None,
-                          check=False)
+                          check=False, timeout=timeout)
     return proc.returncode, proc.stdout, proc.stderr
 
 

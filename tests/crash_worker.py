@@ -1,0 +1,167 @@
+"""One phase of a crash test, in its own process, as volsepd runs: started
+as root, forks the privileged daemons, drops to the test user.
+
+    python -m tests.crash_worker '{"phase": ..., ...}'
+
+Phases:
+  op     prepare a volume, then run one operation; with kill_at=N, kill the
+         frontend (this process) or the file daemon right after the N-th
+         privileged call. Prints JSON lines as it goes.
+  check  restart: load the state, reconcile, report; then stop/start/stop
+         the domain and report again.
+"""
+
+import json
+import os
+import signal
+import sys
+import time
+
+from oslo_privsep import daemon as privsep_daemon
+
+from tests import rig
+from volsep.privileged import contexts
+from volsep.privileged import files
+
+MiB = 1 << 20
+SIZE = 4 * MiB
+
+
+def emit(**fields):
+    print(json.dumps(fields), flush=True)
+
+
+def _children():
+    pids = []
+    for task in os.listdir('/proc/self/task'):
+        with open(f'/proc/self/task/{task}/children') as f:
+            pids += [int(p) for p in f.read().split()]
+    return pids
+
+
+def _committed(mgr, address='vm:root'):
+    return mgr.volume_info(address)['path']
+
+
+def _digest(mgr, address='vm:root'):
+    return rig.sha256(_committed(mgr, address))
+
+
+def _ids(mgr, address='vm:root'):
+    volume = mgr._volume(mgr._config(address))
+    listing = volume.listing()
+    return sorted([g for g, _ in listing.committed] +
+                  [r.id for r in listing.revisions])
+
+
+def _names(mgr, address='vm:root'):
+    volume = mgr._volume(mgr._config(address))
+    return sorted(e['name'] for e in files.list_dir(volume.directory))
+
+
+def _commit(mgr, domain, data):
+    path = mgr.start_domain(domain)[0]['path']
+    rig.pwrite(path, 0, data)
+    mgr.stop_domain(domain)
+
+
+def prepare(mgr, spec):
+    """Build the pre-state; return the operation to run."""
+    mgr.add_pool('p', spec['driver'], [('dir_path', spec['pool_dir'])] +
+                 [tuple(o) for o in spec.get('options', [])])
+    mgr.create_volume('vm:root', 'p', SIZE, revisions_to_keep=2)
+    _commit(mgr, 'vm', b'A' * 65536)
+    op = spec['op']
+    if op == 'start':
+        return lambda: mgr.start_domain('vm')
+    if op == 'stop':
+        path = mgr.start_domain('vm')[0]['path']
+        rig.pwrite(path, 0, b'B' * 65536)
+        return lambda: mgr.stop_domain('vm')
+    if op == 'revert':
+        _commit(mgr, 'vm', b'C' * 65536)
+        return lambda: mgr.revert('vm:root')
+    if op == 'import':
+        target = mgr.import_begin('vm:root', 2 * MiB)
+        rig.pwrite(target, 0, b'D' * 65536)
+        return lambda: mgr.import_end('vm:root', True)
+    if op == 'resize':
+        return lambda: mgr.resize('vm:root', 8 * MiB)
+    if op == 'clone':
+        mgr.create_volume('src:root', 'p', SIZE)
+        _commit(mgr, 'src', b'E' * 65536)
+        return lambda: mgr.clone('src:root', 'vm:root')
+    raise ValueError(op)
+
+
+def _wait_until_channel_down(ctx):
+    deadline = time.monotonic() + 10
+    while ctx.channel is not None and ctx.channel.running:
+        if time.monotonic() > deadline:
+            raise RuntimeError('privsep channel still up after daemon kill')
+        time.sleep(0.01)
+
+
+def arm(kill_at, target, daemon_pid):
+    """Count volsep's privileged calls; right after the kill_at-th one
+    returns, SIGKILL this frontend or the file daemon."""
+    original = privsep_daemon._ClientChannel.remote_call
+    state = {'calls': 0}
+
+    def counted(self, name, args, kwargs, timeout):
+        if not name.startswith('volsep.'):
+            return original(self, name, args, kwargs, timeout)
+        try:
+            return original(self, name, args, kwargs, timeout)
+        finally:
+            state['calls'] += 1
+            if state['calls'] == kill_at:
+                emit(killed_after=kill_at, target=target, call=name)
+                if target == 'frontend':
+                    os.kill(os.getpid(), signal.SIGKILL)
+                rig.kill(daemon_pid)
+                _wait_until_channel_down(contexts.file_ops)
+    privsep_daemon._ClientChannel.remote_call = counted
+    return state
+
+
+def phase_op(mgr, spec, daemon_pid):
+    action = prepare(mgr, spec)
+    emit(old=_digest(mgr), ids=_ids(mgr))
+    state = arm(spec.get('kill_at', 0), spec.get('target'), daemon_pid)
+    try:
+        action()
+    except Exception as err:  # noqa: BLE001 - reported to the test
+        emit(failed=f'{type(err).__name__}: {err}')
+        return
+    emit(calls=state['calls'], new=_digest(mgr), ids_after=_ids(mgr))
+
+
+def phase_check(mgr, spec, daemon_pid):
+    mgr.reconcile()
+    emit(reconciled=_digest(mgr), names=_names(mgr), ids=_ids(mgr),
+         running=mgr.domains['vm'].running)
+    if mgr.domains['vm'].running:
+        mgr.stop_domain('vm')
+    mgr.start_domain('vm')
+    mgr.stop_domain('vm')
+    emit(cycled=_digest(mgr), names_after=_names(mgr),
+         ids_after=_ids(mgr), revisions=[r['id'] for r in
+                                         mgr.revisions('vm:root')])
+
+
+def main():
+    spec = json.loads(sys.argv[1])
+    from volsep.frontend import manager as manager_module
+    from volsep.frontend import privsep_start
+    privsep_start.start_daemons()
+    file_daemon = _children()[0]
+    rig.ctx.start(rig.priv_context.Method.FORK)
+    privsep_start.drop_privileges(os.environ['VOLSEP_TEST_USER'])
+    mgr = manager_module.Manager(spec['state_dir'])
+    {'op': phase_op, 'check': phase_check}[spec['phase']](
+        mgr, spec, file_daemon)
+
+
+if __name__ == '__main__':
+    main()

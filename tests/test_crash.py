@@ -1,0 +1,90 @@
+"""Crash safety by fault injection.
+
+For each operation, a reference run counts its privileged calls M; then for
+every N in 1..M a fresh volume is prepared, the operation is started, and
+right after the N-th privileged call either the frontend or the root file
+daemon is killed with SIGKILL. A restarted frontend must then find the
+volume's committed content exactly old or exactly new, start it, leave no
+temporary file after the next operation, and never reuse a revision id.
+"""
+
+import json
+import os
+import uuid
+
+import pytest
+
+from tests.conftest import ROOTS
+
+PYTHON = '/opt/volsep/venv/bin/python'
+OPERATIONS = ['start', 'stop', 'revert', 'import', 'resize', 'clone']
+POOLS = {'reflink-xfs': ('file-reflink', 'xfs', []),
+         'file-ext4': ('file', 'ext4', [])}
+CLEAN = ('c', 'r')  # committed images and revisions only
+
+
+def _worker(rig, spec):
+    env = {'PATH': '/usr/bin:/bin',
+           'PYTHONPATH': os.environ['VOLSEP_TEST_WORK'],
+           'PYTHONDONTWRITEBYTECODE': '1',
+           'VOLSEP_TEST_USER': os.environ['VOLSEP_TEST_USER'],
+           'VOLSEP_PRIVILEGED_CONFIG':
+               os.environ['VOLSEP_PRIVILEGED_CONFIG']}
+    rc, out, err = rig.run([PYTHON, '-m', 'tests.crash_worker',
+                            json.dumps(spec)], env=env, timeout=120)
+    events = {}
+    for line in out.decode().splitlines():
+        events.update(json.loads(line))
+    return rc, events, err.decode()
+
+
+def _fresh(tmp_path, rig, pool):
+    driver, fs, options = POOLS[pool]
+    base = f'{ROOTS[fs]}/t-{uuid.uuid4().hex[:12]}'
+    rig.mkdir(base)
+    state = tmp_path / uuid.uuid4().hex[:8]
+    state.mkdir()
+    return base, {'driver': driver, 'pool_dir': f'{base}/p',
+                  'options': options, 'state_dir': str(state)}
+
+
+def _reference(tmp_path, rig, pool, op):
+    base, spec = _fresh(tmp_path, rig, pool)
+    rc, events, err = _worker(rig, dict(spec, phase='op', op=op))
+    rig.rmtree(base)
+    assert rc == 0 and 'calls' in events, (events, err)
+    return events
+
+
+@pytest.mark.parametrize('pool', sorted(POOLS))
+@pytest.mark.parametrize('op', OPERATIONS)
+@pytest.mark.parametrize('target', ['frontend', 'daemon'])
+def test_kill_after_every_privileged_call(op, pool, target, tmp_path, rig):
+    reference = _reference(tmp_path, rig, pool, op)
+    assert reference["calls"] >= 1
+    print(f"{op}/{pool}: {reference['calls']} privileged calls")
+    for kill_at in range(1, reference['calls'] + 1):
+        base, spec = _fresh(tmp_path, rig, pool)
+        rc, events, err = _worker(rig, dict(spec, phase='op', op=op,
+                                            kill_at=kill_at, target=target))
+        where = f'{op} killed ({target}) after call {kill_at}: {events} {err}'
+        assert events.get('killed_after') == kill_at, where
+        if target == 'frontend':
+            assert rc == -9, where
+        old, ids_before = events['old'], events['ids']
+        new = reference['new']
+
+        rc, check, err = _worker(rig, dict(spec, phase='check'))
+        where += f' / check: {check} {err}'
+        assert rc == 0, where
+        assert check['reconciled'] in (old, new), where
+        if op == 'stop':  # the working copy is never lost
+            assert check['cycled'] == new, where
+        else:
+            assert check['cycled'] == check['reconciled'], where
+        assert all(n[0] in CLEAN for n in check['names_after']), where
+        assert sum(n.startswith('c') for n in check['names_after']) == 1
+        fresh_ids = set(check['ids_after']) - set(ids_before)
+        assert fresh_ids and min(fresh_ids) > max(ids_before), where
+        assert len(check['revisions']) == len(set(check['revisions']))
+        rig.rmtree(base)
