@@ -3,10 +3,13 @@
 import sys
 
 from bench import privileged_calls
+from bench import storage
 
 BENCHMARKS = {
     'privsep-noop': privileged_calls.noop,
     'clone': privileged_calls.clone,
+    'commit-cycle': storage.cycle,
+    'snapshot-start': storage.snapshot_start,
 }
 
 

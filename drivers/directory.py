@@ -54,24 +54,30 @@ class DirectoryVolume(base.Volume):
             files.rename(self._path(source_name), new, noreplace=True)
         else:
             files.clone(self._path(source_name), new, how)
+        revisions = [r.entry['name'] for r in listing.revisions
+                     if r.entry['name'] != source_name]
         if old is not None:
-            self._retire(old[0], old[1]['name'])
-        self._prune()
+            retired = self._retire(old[0], old[1]['name'])
+            revisions += [retired] if retired else []
+        self._prune(revisions)
 
     def _retire(self, generation, name):
+        """Turn a superseded committed image into a revision (or drop it);
+        return the revision's name, if one was made."""
         if self.config.revisions_to_keep > 0:
-            files.rename(self._path(name),
-                         self._path(layout.revision(generation)),
+            revision = layout.revision(generation)
+            files.rename(self._path(name), self._path(revision),
                          noreplace=True)
-        else:
-            files.unlink(self._path(name))
+            return revision
+        files.unlink(self._path(name))
+        return None
 
-    def _prune(self):
-        listing = self.listing()
+    def _prune(self, revision_names):
+        """Unlink the oldest revisions beyond revisions_to_keep; names are
+        given oldest first."""
         keep = max(self.config.revisions_to_keep, 0)
-        excess = len(listing.revisions) - keep
-        for rev in listing.revisions[:max(excess, 0)]:
-            files.unlink(self._path(rev.entry['name']))
+        for name in revision_names[:max(len(revision_names) - keep, 0)]:
+            files.unlink(self._path(name))
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -107,16 +113,26 @@ class DirectoryVolume(base.Volume):
 
     def tidy(self, keep_import=False):
         """Finish what a crash interrupted and drop leftovers; touches only
-        this volume's own directory."""
+        this volume's own directory. Returns the resulting listing."""
         listing = self.listing()
+        revisions = [r.entry['name'] for r in listing.revisions]
+        changed = False
         for generation, entry in listing.committed[:-1]:
-            self._retire(generation, entry['name'])
+            retired = self._retire(generation, entry['name'])
+            revisions += [retired] if retired else []
+            changed = True
         for entry in listing.exports:
             files.unlink(self._path(entry['name']))
+            changed = True
         if listing.import_target is not None and not keep_import:
             files.unlink(self._path(layout.IMPORT))
+            changed = True
         if self.config.kind == 'persistent':
-            self._prune()
+            keep = max(self.config.revisions_to_keep, 0)
+            if len(revisions) > keep:
+                self._prune(sorted(revisions, key=_revision_order))
+                changed = True
+        return self.listing() if changed else listing
 
     def verify(self):
         if self.config.kind == 'persistent':
@@ -127,8 +143,7 @@ class DirectoryVolume(base.Volume):
 
     def start(self):
         """Prepare the image the hypervisor attaches; return its path."""
-        self.tidy()
-        listing = self.listing()
+        listing = self.tidy()
         kind = self.config.kind
         if kind == 'persistent':
             generation, entry = self._committed(listing)
@@ -177,8 +192,7 @@ class DirectoryVolume(base.Volume):
                  'size': r.entry['size']} for r in self.listing().revisions]
 
     def revert(self, revision=None):
-        self.tidy()
-        listing = self.listing()
+        listing = self.tidy()
         if listing.working is not None:
             raise errors.VolumeBusy(
                 f'volume {self.config.address} has an uncommitted working '
@@ -230,13 +244,13 @@ class DirectoryVolume(base.Volume):
                                    source.pool.clone_mode) else 'auto')
         files.clone(source._path(entry['name']), self._path(layout.IMPORT),
                     mode)
-        self._publish_generation(self.listing(), layout.IMPORT, 'rename')
+        self._publish_generation(listing, layout.IMPORT, 'rename')
 
     def clear(self):
         listing = self.listing()
         _, entry = self._committed(listing)
         files.create(self._path(layout.IMPORT), entry['size'])
-        self._publish_generation(self.listing(), layout.IMPORT, 'rename')
+        self._publish_generation(listing, layout.IMPORT, 'rename')
 
     def export_begin(self):
         """A private snapshot of the committed data; later commits do not
@@ -272,8 +286,9 @@ class DirectoryVolume(base.Volume):
         new = self._path(layout.committed(listing.next_generation))
         files.clone(self._path(entry['name']), new, self.pool.clone_mode,
                     size=size)
-        self._retire(generation, entry['name'])
-        self._prune()
+        retired = self._retire(generation, entry['name'])
+        self._prune([r.entry['name'] for r in listing.revisions] +
+                    ([retired] if retired else []))
 
     # -- state -------------------------------------------------------------
 
@@ -307,6 +322,10 @@ class DirectoryVolume(base.Volume):
             'import_pending': listing.import_target is not None,
             'has_working_copy': working is not None,
         }
+
+
+def _revision_order(name):
+    return int(name[1:name.index('@')])
 
 
 class DirectoryPool(base.Pool):

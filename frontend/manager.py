@@ -495,8 +495,8 @@ class Manager:
     def _all(configs, action):
         """Run action on every volume in parallel; wait for all; raise the
         first error (in volume order); return results in that order."""
-        if not configs:
-            return []
+        if len(configs) < 2:  # no thread for a lone volume
+            return [action(c) for c in configs]
         with concurrent.futures.ThreadPoolExecutor(len(configs)) as pool:
             futures = [pool.submit(action, c) for c in configs]
             concurrent.futures.wait(futures)
