@@ -222,6 +222,9 @@ class DirectoryVolume(base.Volume):
         files.create(self._path(layout.IMPORT), size)
         return self._path(layout.IMPORT)
 
+    def import_write(self, offset, data):
+        return files.write_at(self._path(layout.IMPORT), offset, data)
+
     def import_end(self, success):
         listing = self.listing()
         if listing.import_target is None:
@@ -258,13 +261,20 @@ class DirectoryVolume(base.Volume):
         _, entry = self._committed(self.listing())
         target = self._path(layout.export())
         files.clone(self._path(entry['name']), target, self.pool.clone_mode)
-        return target
+        return {'path': target, 'size': entry['size']}
 
-    def export_end(self, path):
+    def _check_export(self, path):
         name = path.rsplit('/', 1)[-1]
         if path != self._path(name) or not layout.is_export(name):
             raise errors.InvalidArgument(f'{path} is not an export of '
                                          f'{self.config.address}')
+
+    def export_read(self, path, offset, length):
+        self._check_export(path)
+        return files.read_at(path, offset, length)
+
+    def export_end(self, path):
+        self._check_export(path)
         files.unlink(path)
 
     # -- resize ------------------------------------------------------------

@@ -429,6 +429,14 @@ class Manager:
             self._importing.add(config.vid)
             return path
 
+    def import_write(self, address, offset, data):
+        """One chunk of a pending import (no lock: chunks of one stream
+        arrive in order from one connection)."""
+        config = self._config(address)
+        if config.vid not in self._importing:
+            raise errors.InvalidArgument(f'{address} has no import pending')
+        return self._volume(config).import_write(offset, data)
+
     def import_end(self, address, success=True):
         config = self._config(address)
         with self._volume_lock(config):
@@ -448,6 +456,10 @@ class Manager:
                 raise errors.InvalidArgument(
                     f'cannot export {address}: it is {config.kind}')
             return self._volume(config).export_begin()
+
+    def export_read(self, address, path, offset, length):
+        return self._volume(self._config(address)).export_read(
+            path, offset, length)
 
     def export_end(self, address, path):
         config = self._config(address)

@@ -314,7 +314,7 @@ def test_24_export_is_committed_data_while_running(env, rig):
     _commit(env, rig, 'vm:root', b'before')
     path = env.start_domain('vm')[0]['path']
     h.vm_write(rig, path, 0, b'AFTER!')
-    export = env.export_begin('vm:root')
+    export = env.export_begin('vm:root')['path']
     assert rig.read(export, 0, 6) == b'before'
     env.stop_domain('vm')
     assert rig.read(export, 0, 6) == b'before'
@@ -415,7 +415,7 @@ def test_34_grow_stopped_is_not_in_place(env, rig):
     env.create_volume('vm:root', 'p', MiB)
     _commit(env, rig, 'vm:root', b'keep')
     old_path = env.volume_info('vm:root')['path']
-    export = env.export_begin('vm:root')
+    export = env.export_begin('vm:root')['path']
     old_inode = rig.lstat(old_path)['ino']
     info = env.resize('vm:root', 3 * MiB)
     assert info['size'] == 3 * MiB

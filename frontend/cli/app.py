@@ -1,7 +1,6 @@
 """The volsep command: a cliff application whose commands are entry points
 in the `volsep.cli` group."""
 
-import json
 import sys
 
 from cliff import app
@@ -27,27 +26,24 @@ class VolsepApp(app.App):
             command_manager=commandmanager.CommandManager('volsep.cli'),
             deferred_help=True)
 
+    def build_option_parser(self, description, version, argparse_kwargs=None):
+        parser = super().build_option_parser(description, version,
+                                             argparse_kwargs)
+        parser.add_argument(
+            '--socket', metavar='PATH',
+            help='volsepd socket (default: $VOLSEP_SOCKET, else '
+                 '/var/lib/volsep/volsepd.sock)')
+        return parser
+
     def run_subcommand(self, argv):
         try:
             return super().run_subcommand(argv)
         except SystemExit as err:  # argparse usage errors
             return EXIT_USAGE if err.code else EXIT_OK
 
-    def clean_up(self, cmd, result, err):
-        if isinstance(err, OperationError):
-            print(f'volsep: {err.error_class}: {err.message}',
-                  file=sys.stderr)
-            if getattr(self.options, 'json_errors', False):
-                print(json.dumps({'error': err.error_class,
-                                  'message': err.message}))
-
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    application = VolsepApp()
-    # INTERFACE.md: with -f json an error is also printed as JSON on stdout.
-    application.json_errors = '-f' in argv and 'json' in argv
-    return application.run(argv)
+    return VolsepApp().run(sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == '__main__':

@@ -1,0 +1,298 @@
+"""volsepd's request handling: one coroutine per connection, storage work
+in threads, every call checked against the policy first.
+
+Import: after {"result": {"ready": true}} the client sends exactly `size`
+raw bytes, then the line {"end": true}. Fewer bytes (a disconnect) or
+anything but that line rolls the import back. Export: the reply
+{"result": {"size": N}} is followed by exactly N raw bytes.
+"""
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import secrets
+
+from volsep.drivers import errors
+from volsep.drivers import validation
+from volsep.frontend import peer as peer_module
+from volsep.frontend import protocol
+
+LOG = logging.getLogger('volsep.api')
+AUDIT = logging.getLogger('volsep.audit')
+CHUNK = 4 << 20
+
+
+class _Stream(Exception):
+    """A data stream that was short, long or malformed."""
+
+
+def _param(params, key, required=True):
+    if key not in params:
+        if required:
+            raise errors.InvalidArgument(f'missing parameter {key!r}')
+        return None
+    return params[key]
+
+
+def _options(value):
+    if not isinstance(value, list) or not all(
+            isinstance(p, list) and len(p) == 2 and
+            all(type(x) is str for x in p) for p in value):
+        raise errors.InvalidArgument('options must be a list of [key, value]')
+    return [tuple(p) for p in value]
+
+
+class Api:
+    def __init__(self, manager, policy, hub, workers=64):
+        self.manager = manager
+        self.policy = policy
+        self.hub = hub
+        self.executor = concurrent.futures.ThreadPoolExecutor(workers)
+        self._clone_tokens = {}
+        m = manager
+        # method -> (handler(params), event or None)
+        self.simple = {
+            'admin.pool.List': (lambda p: m.list_pools(), None),
+            'admin.pool.ListDrivers': (lambda p: m.list_drivers(), None),
+            'admin.pool.Info': (lambda p: m.pool_info(_param(p, 'pool')),
+                                None),
+            'admin.pool.Add': (lambda p: m.add_pool(
+                _param(p, 'pool'), _param(p, 'driver'),
+                _options(p.get('options', []))), 'pool-added'),
+            'admin.pool.Remove': (lambda p: m.remove_pool(_param(p, 'pool')),
+                                  'pool-removed'),
+            'admin.pool.Set': (lambda p: m.set_pool(
+                _param(p, 'pool'), _options(p.get('options', []))),
+                'pool-changed'),
+            'admin.vm.volume.List': (lambda p: m.list_volumes(
+                p.get('pool'), tuple(p.get('domains') or ())), None),
+            'admin.vm.volume.Info': (lambda p: m.volume_info(
+                _param(p, 'volume')), None),
+            'admin.vm.volume.ListSnapshots': (lambda p: m.revisions(
+                _param(p, 'volume')), None),
+            'admin.vm.volume.Revert': (lambda p: m.revert(
+                _param(p, 'volume'), p.get('revision')), 'volume-reverted'),
+            'admin.vm.volume.Resize': (lambda p: m.resize(
+                _param(p, 'volume'), _param(p, 'size'),
+                bool(p.get('force', False))), 'volume-resized'),
+            'admin.vm.volume.Create': (self._create, 'volume-created'),
+            'admin.vm.volume.Remove': (lambda p: m.remove_volume(
+                _param(p, 'volume')), 'volume-removed'),
+            'admin.vm.volume.Clear': (lambda p: m.clear(_param(p, 'volume')),
+                                      'volume-cleared'),
+            'admin.vm.volume.CloneFrom': (self._clone_from, None),
+            'admin.vm.volume.CloneTo': (self._clone_to, 'volume-cloned'),
+            'admin.vm.volume.Set.rw': (lambda p: m.set_volume(
+                _param(p, 'volume'), 'rw', _param(p, 'value')),
+                'volume-changed'),
+            'admin.vm.volume.Set.revisions_to_keep': (lambda p: m.set_volume(
+                _param(p, 'volume'), 'revisions_to_keep',
+                _param(p, 'value')), 'volume-changed'),
+            'admin.vm.Start': (lambda p: m.start_domain(_param(p, 'domain')),
+                               'domain-started'),
+            'admin.vm.Stop': (lambda p: m.stop_domain(_param(p, 'domain')),
+                              'domain-stopped'),
+        }
+        self.streaming = {'admin.vm.volume.Import': self._import,
+                          'admin.vm.volume.Export': self._export,
+                          'admin.Events': self._events}
+
+    # -- handlers ----------------------------------------------------------
+
+    def _create(self, p):
+        pool = _param(p, 'pool')
+        limit = self.policy.pool_limit(pool, 'max_volume_size')
+        size = p.get('size', 0)
+        if limit is not None and p.get('kind', 'persistent') != 'snapshot':
+            validation.size(size, limit)
+        return self.manager.create_volume(
+            _param(p, 'volume'), pool, size=size,
+            kind=p.get('kind', 'persistent'), source=p.get('source'),
+            revisions_to_keep=p.get('revisions_to_keep'),
+            rw=p.get('rw', True))
+
+    def _clone_from(self, p):
+        source = _param(p, 'volume')
+        self.manager.volume_info(source)
+        token = secrets.token_hex(16)
+        self._clone_tokens[token] = source
+        return {'token': token}
+
+    def _clone_to(self, p):
+        source = self._clone_tokens.pop(_param(p, 'token'), None)
+        if source is None:
+            raise errors.InvalidArgument('unknown or used clone token')
+        return self.manager.clone(source, _param(p, 'volume'))
+
+    async def _run(self, func, *args):
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, func, *args)
+
+    def _publish(self, event, params, result):
+        subject = params.get('volume') or params.get('domain') or \
+            params.get('pool') or ''
+        self.hub.publish(event, subject)
+        if event in ('domain-started', 'domain-stopped'):
+            verb = event.split('-')[1]
+            for vol in self.manager.list_volumes(domains=(subject,)):
+                address = f'{vol["domain"]}:{vol["name"]}'
+                self.hub.publish(f'volume-{verb}', address)
+                if verb == 'stopped' and vol['kind'] == 'persistent':
+                    self.hub.publish('volume-committed', address)
+
+    async def _import(self, request_id, params, reader, writer):
+        address = _param(params, 'volume')
+        size = validation.size(_param(params, 'size'))
+        fmt = params.get('format', 'raw')
+        pool = self.manager.volume_info(address)['pool']
+        allowed = self.policy.pool_limit(pool, 'import_formats', ['raw'])
+        if fmt not in allowed:
+            raise errors.InvalidArgument(
+                f'pool {pool} accepts imports in {", ".join(allowed)}, not '
+                f'{fmt!r}')
+        limit = self.policy.pool_limit(pool, 'max_volume_size')
+        if limit is not None:
+            validation.size(size, limit)
+        await self._run(self.manager.import_begin, address, size)
+        writer.write(protocol.encode({'id': request_id,
+                                      'result': {'ready': True,
+                                                 'size': size}}))
+        await writer.drain()
+        success = False
+        try:
+            await self._receive(address, size, reader)
+            end = await reader.readline()
+            try:
+                if json.loads(end) != protocol.END_OF_STREAM:
+                    raise ValueError
+            except ValueError:
+                raise _Stream(f'expected exactly {size} bytes and then '
+                              f'{{"end": true}}') from None
+            success = True
+        finally:
+            info = await self._run(self.manager.import_end, address, success)
+        self.hub.publish('volume-imported', address)
+        return info
+
+    async def _receive(self, address, size, reader):
+        offset, pending = 0, None
+        while offset < size:
+            try:
+                chunk = await reader.readexactly(min(CHUNK, size - offset))
+            except asyncio.IncompleteReadError as err:
+                raise _Stream(f'stream ended after '
+                              f'{offset + len(err.partial)} of {size} '
+                              f'bytes') from None
+            if pending is not None:
+                await pending
+            pending = asyncio.ensure_future(self._run(
+                self.manager.import_write, address, offset, chunk))
+            offset += len(chunk)
+        if pending is not None:
+            await pending
+
+    async def _export(self, request_id, params, reader, writer):
+        address = _param(params, 'volume')
+        export = await self._run(self.manager.export_begin, address)
+        path, size = export['path'], export['size']
+        try:
+            writer.write(protocol.encode({'id': request_id,
+                                          'result': {'size': size}}))
+            offset = 0
+            while offset < size:
+                data = await self._run(self.manager.export_read, address,
+                                       path, offset, min(CHUNK, size - offset))
+                writer.write(data)
+                await writer.drain()
+                offset += len(data)
+        finally:
+            await self._run(self.manager.export_end, address, path)
+        return None
+
+    async def _events(self, request_id, params, reader, writer):
+        patterns = params.get('patterns', ['*'])
+        if not isinstance(patterns, list) or not all(
+                type(p) is str for p in patterns):
+            raise errors.InvalidArgument('patterns must be a list of strings')
+        queue = self.hub.subscribe(patterns)
+        try:
+            writer.write(protocol.encode({'id': request_id,
+                                          'result': {'subscribed': patterns}}))
+            await writer.drain()
+            while True:
+                getter = asyncio.ensure_future(queue.get())
+                closed = asyncio.ensure_future(reader.read(1))
+                done, _ = await asyncio.wait(
+                    {getter, closed}, return_when=asyncio.FIRST_COMPLETED)
+                if closed in done:
+                    getter.cancel()
+                    return None
+                closed.cancel()
+                writer.write(protocol.encode(getter.result()))
+                await writer.drain()
+        finally:
+            self.hub.unsubscribe(queue)
+
+    # -- connection loop ---------------------------------------------------
+
+    async def handle(self, reader, writer):
+        caller = peer_module.of(writer.get_extra_info('socket'))
+        try:
+            while True:
+                try:
+                    line = await reader.readuntil(b'\n')
+                except asyncio.IncompleteReadError:
+                    return
+                except asyncio.LimitOverrunError:
+                    writer.write(protocol.encode(protocol.error_reply(
+                        None, 'InvalidArgument',
+                        f'request longer than {protocol.MAX_LINE} bytes')))
+                    await writer.drain()
+                    return
+                reply = await self._one(caller, line, reader, writer)
+                if reply is not None:
+                    writer.write(protocol.encode(reply))
+                    await writer.drain()
+        except (ConnectionError, BrokenPipeError):
+            return
+        finally:
+            writer.close()
+
+    async def _one(self, caller, line, reader, writer):
+        request_id = None
+        try:
+            request_id, method, params = protocol.decode_request(line)
+            try:
+                self.policy.check(caller, method)
+            except errors.PermissionDenied:
+                AUDIT.warning('denied uid=%s gid=%s pid=%s method=%s',
+                              caller.uid, caller.gid, caller.pid, method)
+                raise
+            if method in self.streaming:
+                result = await self.streaming[method](request_id, params,
+                                                      reader, writer)
+                if method == 'admin.vm.volume.Export':
+                    return None
+                return {'id': request_id, 'result': result}
+            if method not in self.simple:
+                raise errors.InvalidArgument(f'unknown method {method!r}')
+            handler, event = self.simple[method]
+            result = await self._run(handler, params)
+            if event:
+                self._publish(event, params, result)
+            return {'id': request_id, 'result': result}
+        except _Stream as err:
+            return protocol.error_reply(request_id, 'InvalidArgument', err)
+        except Exception as err:  # noqa: BLE001 - every error gets a reply
+            error_class = getattr(err, 'error_class', None)
+            translated = errors.translated(err)
+            if translated is not None:
+                error_class = translated.error_class
+            if error_class is None:
+                if isinstance(err, (TypeError, ValueError, KeyError)):
+                    error_class = 'InvalidArgument'
+                else:
+                    LOG.exception('unexpected error in %r', line[:200])
+                    error_class = 'StorageError'
+            return protocol.error_reply(request_id, error_class, err)

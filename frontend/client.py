@@ -1,0 +1,104 @@
+"""A client of volsepd's socket, used by the CLI and by Python callers."""
+
+import json
+import os
+import socket
+
+from volsep.drivers import errors
+from volsep.frontend import protocol
+
+DEFAULT_SOCKET = '/var/lib/volsep/volsepd.sock'
+CHUNK = 4 << 20
+
+
+class RemoteError(errors.VolsepError):
+    def __init__(self, error_class, message):
+        super().__init__(message)
+        self.error_class = error_class
+
+
+def socket_path(explicit=None):
+    return explicit or os.environ.get('VOLSEP_SOCKET') or DEFAULT_SOCKET
+
+
+class Client:
+    def __init__(self, path=None):
+        self.path = socket_path(path)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.sock.connect(self.path)
+        except OSError as err:
+            raise RemoteError('StorageError', f'cannot reach volsepd at '
+                              f'{self.path}: {err.strerror}') from None
+        self.stream = self.sock.makefile('rwb', buffering=0)
+        self._next_id = 0
+
+    def close(self):
+        self.stream.close()
+        self.sock.close()
+
+    def _send(self, method, params):
+        self._next_id += 1
+        self.sock.sendall(protocol.encode({'id': self._next_id,
+                                           'method': method,
+                                           'params': params}))
+
+    def _reply(self):
+        line = self.stream.readline()
+        if not line:
+            raise RemoteError('StorageError', 'volsepd closed the connection')
+        reply = json.loads(line)
+        if 'error' in reply:
+            raise RemoteError(reply['error']['class'],
+                              reply['error']['message'])
+        return reply['result']
+
+    def call(self, method, **params):
+        self._send(method, params)
+        return self._reply()
+
+    def import_stream(self, address, source, size, fmt='raw',
+                      progress=None):
+        """Send exactly ``size`` bytes read from the file object
+        ``source``."""
+        self._send('admin.vm.volume.Import', {'volume': address,
+                                              'size': size, 'format': fmt})
+        self._reply()
+        sent = 0
+        while sent < size:
+            data = source.read(min(CHUNK, size - sent))
+            if not data:
+                break  # volsepd sees the short stream and rolls back
+            self.sock.sendall(data)
+            sent += len(data)
+            if progress:
+                progress(len(data))
+        if sent < size:
+            self.sock.shutdown(socket.SHUT_WR)
+            return self._reply()
+        self.sock.sendall(protocol.encode(protocol.END_OF_STREAM))
+        return self._reply()
+
+    def export_stream(self, address, sink, progress=None):
+        self._send('admin.vm.volume.Export', {'volume': address})
+        size = self._reply()['size']
+        received = 0
+        while received < size:
+            data = self.stream.read(min(CHUNK, size - received))
+            if not data:
+                raise RemoteError('StorageError', f'export ended after '
+                                  f'{received} of {size} bytes')
+            sink.write(data)
+            received += len(data)
+            if progress:
+                progress(len(data))
+        return size
+
+    def events(self, patterns):
+        self._send('admin.Events', {'patterns': list(patterns)})
+        self._reply()
+        while True:
+            line = self.stream.readline()
+            if not line:
+                return
+            yield json.loads(line)

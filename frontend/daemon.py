@@ -1,0 +1,153 @@
+"""volsepd: the unprivileged API daemon.
+
+Started as root (system mode) it prepares its directory, binds its socket,
+forks the privileged daemons and then runs as --user. Started as anyone
+else (user mode) it does the same without privileges. Everything lives
+under --state-dir unless configured otherwise:
+
+    DIR/privileged.conf   the root side's allow-list (written if absent)
+    DIR/audit.log         the root side's audit log
+    DIR/pools/default/    the default pool
+    DIR/state/state.xml   the frontend's state (owned by the frontend user)
+    DIR/volsepd.sock      the API socket
+"""
+
+import asyncio
+import os
+import pwd
+import signal
+import socket
+import sys
+
+from oslo_config import cfg
+from oslo_log import log as logging
+
+from volsep.frontend import api as api_module
+from volsep.frontend import events
+from volsep.frontend import manager as manager_module
+from volsep.frontend import policy as policy_module
+from volsep.frontend import privsep_start
+from volsep.frontend import protocol
+from volsep.privileged import config as root_config
+from volsep.privileged import files
+
+LOG = logging.getLogger('volsep.daemon')
+CONF = cfg.CONF
+
+OPTS = [
+    cfg.StrOpt('state-dir', default='/var/lib/volsep',
+               help='Directory holding state, socket, audit log and the '
+                    'default pool.'),
+    cfg.StrOpt('user', default='volsep',
+               help='User the frontend runs as when started as root.'),
+    cfg.StrOpt('socket', help='API socket (default: STATE_DIR/volsepd.sock).'),
+    cfg.StrOpt('policy-file',
+               help='JSON rule file: who may call which methods.'),
+    cfg.StrOpt('privileged-config',
+               help='Root-owned configuration of the privileged side '
+                    '(default: STATE_DIR/privileged.conf, written if absent).'),
+    cfg.IntOpt('socket-mode', default=0o666,
+               help='Mode of the API socket; the policy decides what each '
+                    'caller may do.'),
+]
+
+
+def _prepare_directory(state_dir, user, system):
+    os.makedirs(state_dir, mode=0o755, exist_ok=True)
+    os.makedirs(os.path.join(state_dir, 'pools'), mode=0o755, exist_ok=True)
+    frontend_state = os.path.join(state_dir, 'state')
+    os.makedirs(frontend_state, mode=0o700, exist_ok=True)
+    if system:
+        entry = pwd.getpwnam(user)
+        os.chown(frontend_state, entry.pw_uid, entry.pw_gid)
+    return frontend_state
+
+
+def _embedded_root_config(state_dir):
+    path = os.path.join(state_dir, 'privileged.conf')
+    if not os.path.exists(path):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, 'w') as f:
+            f.write('[privileged]\n'
+                    f'allowed_roots = {os.path.join(state_dir, "pools")}\n'
+                    f'audit_log = {os.path.join(state_dir, "audit.log")}\n')
+    return path
+
+
+def _bind(path, mode, user, system):
+    if os.path.exists(path):
+        if not socket.socket(socket.AF_UNIX).connect_ex(path):
+            raise SystemExit(f'volsepd: {path} is in use by a running '
+                             f'volsepd')
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    os.chmod(path, mode)
+    if system:
+        entry = pwd.getpwnam(user)
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+    sock.listen(128)
+    return sock
+
+
+def _ensure_default_pool(manager, state_dir):
+    if 'default' not in manager.pools:
+        pool_dir = os.path.join(state_dir, 'pools', 'default')
+        options = [('dir_path', pool_dir)]
+        if not files.reflink_supported(os.path.join(state_dir, 'pools')):
+            LOG.warning('%s has no reflink support: the default pool makes '
+                        'sparse copies', state_dir)
+            options.append(('setup_check', 'no'))
+        manager.add_pool('default', 'file-reflink', options)
+    if manager.default_pool is None:
+        manager.set_default_pool('default')
+
+
+async def _serve(api, sock, hub):
+    loop = asyncio.get_running_loop()
+    hub.bind(loop)
+    stop = loop.create_future()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, lambda: stop.done() or
+                                stop.set_result(None))
+    server = await asyncio.start_unix_server(api.handle, sock=sock,
+                                             limit=protocol.MAX_LINE)
+    LOG.info('volsepd ready on %s', sock.getsockname())
+    print(f'volsepd: ready on {sock.getsockname()}', file=sys.stderr,
+          flush=True)
+    await stop
+    server.close()
+    await server.wait_closed()
+    LOG.info('volsepd stopped')
+
+
+def main(argv=None):
+    CONF.register_cli_opts(OPTS)
+    logging.register_options(CONF)
+    CONF(sys.argv[1:] if argv is None else argv, project='volsep',
+         prog='volsepd')
+    logging.setup(CONF, 'volsep')
+    state_dir = os.path.abspath(CONF.state_dir)
+    system = os.geteuid() == 0
+    frontend_state = _prepare_directory(state_dir, CONF.user, system)
+    os.environ[root_config.CONFIG_ENV] = (
+        CONF.privileged_config or _embedded_root_config(state_dir))
+    sock = _bind(CONF.socket or os.path.join(state_dir, 'volsepd.sock'),
+                 CONF.socket_mode, CONF.user, system)
+    mode = privsep_start.start_daemons()
+    if system:
+        privsep_start.drop_privileges(CONF.user)
+    LOG.info('running in %s mode as uid %d', mode, os.getuid())
+    policy = (policy_module.Policy.load(CONF.policy_file)
+              if CONF.policy_file else
+              policy_module.Policy.default(pwd.getpwuid(os.getuid()).pw_name))
+    manager = manager_module.Manager(frontend_state)
+    manager.reconcile()
+    _ensure_default_pool(manager, state_dir)
+    hub = events.Hub()
+    asyncio.run(_serve(api_module.Api(manager, policy, hub), sock, hub))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
