@@ -9,7 +9,6 @@ anything but that line rolls the import back. Export: the reply
 
 import asyncio
 import concurrent.futures
-import json
 import logging
 import secrets
 
@@ -162,13 +161,13 @@ class Api:
         success = False
         try:
             await self._receive(address, size, reader)
-            end = await reader.readline()
             try:
-                if json.loads(end) != protocol.END_OF_STREAM:
-                    raise ValueError
-            except ValueError:
+                end = await reader.readexactly(len(protocol.END_MARKER))
+            except asyncio.IncompleteReadError:
+                end = b''
+            if end != protocol.END_MARKER:
                 raise _Stream(f'expected exactly {size} bytes and then '
-                              f'{{"end": true}}') from None
+                              f'{protocol.END_MARKER!r}')
             success = True
         finally:
             info = await self._run(self.manager.import_end, address, success)
@@ -254,6 +253,8 @@ class Api:
                 if reply is not None:
                     writer.write(protocol.encode(reply))
                     await writer.drain()
+                if reply is not None and reply.get('stream_broken'):
+                    return  # the byte framing is lost: end the connection
         except (ConnectionError, BrokenPipeError):
             return
         finally:
@@ -283,7 +284,8 @@ class Api:
                 self._publish(event, params, result)
             return {'id': request_id, 'result': result}
         except _Stream as err:
-            return protocol.error_reply(request_id, 'InvalidArgument', err)
+            return dict(protocol.error_reply(request_id, 'InvalidArgument',
+                                             err), stream_broken=True)
         except Exception as err:  # noqa: BLE001 - every error gets a reply
             error_class = getattr(err, 'error_class', None)
             translated = errors.translated(err)

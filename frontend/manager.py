@@ -63,6 +63,9 @@ class Manager:
         self.default_pool = None
         self._lock = threading.RLock()   # the dicts and the document
         self._volume_locks = collections.defaultdict(threading.Lock)
+        # A domain's start and stop exclude each other; its volumes still
+        # start in parallel under their own locks.
+        self._domain_locks = collections.defaultdict(threading.Lock)
         self._importing = set()
         self._load()
 
@@ -518,6 +521,10 @@ class Manager:
         return [f.result() for f in futures]
 
     def start_domain(self, name):
+        with self._domain_locks[name]:
+            return self._start_domain(name)
+
+    def _start_domain(self, name):
         with self._lock:
             domain = self._domain(name)
             if domain.running:
@@ -561,6 +568,10 @@ class Manager:
             self._volume(config).stop()
 
     def stop_domain(self, name):
+        with self._domain_locks[name]:
+            self._stop_domain(name)
+
+    def _stop_domain(self, name):
         with self._lock:
             domain = self._domain(name)
             configs = list(domain.volumes.values())

@@ -20,6 +20,10 @@ def encode(message):
     return (json.dumps(message, separators=(',', ':')) + '\n').encode()
 
 
+# The exact bytes that must follow an import's data.
+END_MARKER = encode(END_OF_STREAM)
+
+
 def decode_request(line):
     try:
         request = json.loads(line)

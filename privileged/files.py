@@ -238,10 +238,14 @@ def list_dir(path):
     with paths.directory(path) as pfd:
         fd = paths.reopen(pfd, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            names = sorted(os.listdir(fd))
-            return tuple(
-                _entry(n, os.stat(n, dir_fd=fd, follow_symlinks=False))
-                for n in names)
+            entries = []
+            for name in sorted(os.listdir(fd)):
+                try:
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # renamed or removed since listdir: not here
+                entries.append(_entry(name, st))
+            return tuple(entries)
         finally:
             os.close(fd)
 

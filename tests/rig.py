@@ -36,6 +36,27 @@ def run(argv, env=None, input_data=None, timeout=300):
     return proc.returncode, proc.stdout, proc.stderr
 
 
+_spawned = {}
+
+
+@ctx.entrypoint
+def spawn(argv, env, log_path):
+    """Start a long-running root process; output goes to log_path."""
+    log = open(log_path, 'ab')
+    proc = subprocess.Popen(list(argv), env=dict(env), stdout=log,
+                            stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL)
+    log.close()
+    _spawned[proc.pid] = proc
+    return proc.pid
+
+
+@ctx.entrypoint
+def wait(pid, timeout=30):
+    """Exit status of a spawned process (negative: killed by signal)."""
+    return _spawned.pop(pid).wait(timeout)
+
+
 @ctx.entrypoint
 def write(path, data, mode=0o600):
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
