@@ -29,6 +29,7 @@ from volsep.frontend import policy as policy_module
 from volsep.frontend import privsep_start
 from volsep.frontend import protocol
 from volsep.privileged import config as root_config
+from volsep.privileged import contexts
 from volsep.privileged import files
 
 LOG = logging.getLogger('volsep.daemon')
@@ -103,22 +104,37 @@ def _ensure_default_pool(manager, state_dir):
         manager.set_default_pool('default')
 
 
+async def _watch_privileged(stop):
+    """A dropped frontend cannot restart a root daemon: if one dies, stop
+    with an error so the supervisor restarts the whole service."""
+    while not stop.done():
+        if not all(ctx.channel is not None and ctx.channel.running
+                   for ctx in contexts.ALL):
+            LOG.error('a privileged daemon died; stopping')
+            stop.set_result(1)
+            return
+        await asyncio.sleep(1)
+
+
 async def _serve(api, sock, hub):
     loop = asyncio.get_running_loop()
     hub.bind(loop)
     stop = loop.create_future()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, lambda: stop.done() or
-                                stop.set_result(None))
+                                stop.set_result(0))
     server = await asyncio.start_unix_server(api.handle, sock=sock,
                                              limit=protocol.MAX_LINE)
+    watchdog = asyncio.ensure_future(_watch_privileged(stop))
     LOG.info('volsepd ready on %s', sock.getsockname())
     print(f'volsepd: ready on {sock.getsockname()}', file=sys.stderr,
           flush=True)
-    await stop
+    status = await stop
+    watchdog.cancel()
     server.close()
     await server.wait_closed()
     LOG.info('volsepd stopped')
+    return status
 
 
 def main(argv=None):
@@ -137,6 +153,11 @@ def main(argv=None):
     mode = privsep_start.start_daemons()
     if system:
         privsep_start.drop_privileges(CONF.user)
+        if not os.access(frontend_state, os.W_OK | os.X_OK):
+            LOG.error('user %s cannot reach %s: choose a --state-dir '
+                      'outside private directories such as /root',
+                      CONF.user, frontend_state)
+            return 1
     LOG.info('running in %s mode as uid %d', mode, os.getuid())
     policy = (policy_module.Policy.load(CONF.policy_file)
               if CONF.policy_file else
@@ -145,8 +166,8 @@ def main(argv=None):
     manager.reconcile()
     _ensure_default_pool(manager, state_dir)
     hub = events.Hub()
-    asyncio.run(_serve(api_module.Api(manager, policy, hub), sock, hub))
-    return 0
+    return asyncio.run(_serve(api_module.Api(manager, policy, hub), sock,
+                              hub))
 
 
 if __name__ == '__main__':

@@ -377,3 +377,11 @@ def test_fuzzing_leaves_daemon_answering(service, rig):
     doc = rig.read(f'{service.state_dir}/state/state.xml')
     assert state._SCHEMA.validate(etree.fromstring(doc))
     assert hashlib.sha256(doc).hexdigest()
+
+
+def test_dead_root_daemon_stops_the_service(service, rig):
+    file_daemon = sh.children_of(service.pid)[0]
+    rig.kill(file_daemon)
+    assert rig.wait(service.pid) == 1
+    service.pid = None
+    assert 'a privileged daemon died' in service.output()

@@ -1,0 +1,67 @@
+"""volsep-privsep-helper: the only command sudo may run for volsep.
+
+oslo.privsep's sudo start method runs HELPER --privsep_context PYPATH
+--privsep_sock_path PATH. A sudoers rule for privsep-helper itself would
+be full root (FACTS.md), and a sudoers '*' also matches spaces, so extra
+arguments could be smuggled in. This wrapper accepts exactly
+
+    volsep-privsep-helper NAME --privsep_context PYPATH --privsep_sock_path PATH
+
+where NAME picks one of volsep's contexts, PYPATH must be that context,
+PATH must be a private temporary socket of the user who ran sudo, and the
+configuration file is fixed. Anything else exits 2 without starting.
+"""
+
+import os
+import re
+import stat
+import sys
+
+CONFIG_FILE = '/etc/volsep/volsep.conf'
+CONTEXTS = {'files': 'volsep.privileged.contexts.file_ops',
+            'jobs': 'volsep.privileged.contexts.long_jobs'}
+_SOCKET = re.compile(r'/tmp/tmp[A-Za-z0-9_]{1,64}/privsep\.sock')
+
+
+class Refused(Exception):
+    pass
+
+
+def validate(argv, caller_uid):
+    """The oslo helper's arguments for an accepted argv, else Refused."""
+    if len(argv) != 5 or argv[1] != '--privsep_context' or \
+            argv[3] != '--privsep_sock_path':
+        raise Refused('expected NAME --privsep_context PYPATH '
+                      '--privsep_sock_path PATH')
+    name, pypath, sock_path = argv[0], argv[2], argv[4]
+    if CONTEXTS.get(name) != pypath:
+        raise Refused(f'context {name!r} / {pypath!r} is not volsep\'s')
+    if not _SOCKET.fullmatch(sock_path):
+        raise Refused(f'socket path {sock_path!r} is not a private temp dir')
+    directory = os.lstat(os.path.dirname(sock_path))
+    if (not stat.S_ISDIR(directory.st_mode) or
+            directory.st_uid != caller_uid or
+            stat.S_IMODE(directory.st_mode) != 0o700):
+        raise Refused(f'{os.path.dirname(sock_path)} must be a 0700 '
+                      f'directory of uid {caller_uid}')
+    return ['--config-file', CONFIG_FILE, '--privsep_context', pypath,
+            '--privsep_sock_path', sock_path]
+
+
+def main():
+    caller = os.environ.get('SUDO_UID')
+    try:
+        if caller is None or not caller.isdigit():
+            raise Refused('must be run through sudo')
+        args = validate(sys.argv[1:], int(caller))
+    except (Refused, OSError) as err:
+        print(f'volsep-privsep-helper: refused: {err}', file=sys.stderr)
+        return 2
+    from oslo_privsep import daemon
+    sys.argv = [sys.argv[0]] + args
+    daemon.helper_main()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""The shipped deployment files and the sudo helper's argument check."""
+
+import json
+import os
+
+import pytest
+
+from volsep.frontend import privsep_helper
+
+ETC = os.environ['VOLSEP_TEST_ETC']
+
+
+def _sock_dir(tmp_path, mode=0o700):
+    d = tmp_path / 'tmpabc123'
+    d.mkdir(mode=mode)
+    os.chmod(d, mode)
+    return d
+
+
+def test_helper_accepts_exactly_the_oslo_shape(tmp_path, monkeypatch):
+    monkeypatch.setattr(privsep_helper, '_SOCKET',
+                        __import__('re').compile(
+                            rf'{tmp_path}/tmp[A-Za-z0-9_]+/privsep\.sock'))
+    d = _sock_dir(tmp_path)
+    argv = ['files', '--privsep_context',
+            'volsep.privileged.contexts.file_ops', '--privsep_sock_path',
+            f'{d}/privsep.sock']
+    args = privsep_helper.validate(argv, os.getuid())
+    assert args[:2] == ['--config-file', privsep_helper.CONFIG_FILE]
+    refusals = [
+        argv + ['--privsep_context', 'os.system'],
+        argv[:4],
+        ['jobs'] + argv[1:],
+        argv[:2] + ['oslo_privsep.tests.testctx.context'] + argv[3:],
+        argv[:4] + ['/etc/shadow'],
+        argv[:4] + [f'{d}/../x/privsep.sock'],
+    ]
+    for bad in refusals:
+        with pytest.raises(privsep_helper.Refused):
+            privsep_helper.validate(bad, os.getuid())
+    with pytest.raises(privsep_helper.Refused, match='0700'):
+        privsep_helper.validate(argv, os.getuid() + 1)
+
+
+def test_helper_refuses_without_sudo():
+    import subprocess
+    proc = subprocess.run(['/opt/volsep/venv/bin/volsep-privsep-helper',
+                           'files'], capture_output=True, text=True,
+                          env={'PATH': '/usr/bin:/bin'})
+    assert proc.returncode == 2 and 'sudo' in proc.stderr
+
+
+def test_sudoers_never_grants_privsep_helper():
+    with open(f'{ETC}/sudoers.d/volsep') as f:
+        rules = [line for line in f if line.strip() and
+                 not line.startswith(('#', 'Defaults'))]
+    assert rules and all('privsep-helper ' not in r and
+                         not r.rstrip().endswith('privsep-helper *') and
+                         r.rstrip().endswith('volsep-privsep-helper')
+                         for r in rules)
+
+
+def test_samples_parse():
+    with open(f'{ETC}/policy.json.sample') as f:
+        assert json.load(f)['rules']
+    from volsep.frontend import policy
+    policy.Policy.load(f'{ETC}/policy.json.sample')
+    from oslo_config import cfg
+    from volsep.privileged import config
+    conf = cfg.ConfigOpts()
+    conf.register_opts(config._OPTS, group='privileged')
+    conf(args=[], default_config_files=[f'{ETC}/privileged.conf.sample'])
+    assert conf.privileged.allowed_roots
+    with open(f'{ETC}/systemd/volsepd.service') as f:
+        unit = f.read()
+    assert 'CapabilityBoundingSet=' in unit and 'NoNewPrivileges=yes' in unit
