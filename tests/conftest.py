@@ -20,7 +20,7 @@ def pytest_configure(config):
     if os.geteuid() != 0 or not ROOTS:
         raise pytest.UsageError(
             'the volsep suite needs root and real filesystems: run it with '
-            '"sudo bash tests/run"')
+            '"bash tests/run" as root')
     from volsep.frontend import privsep_start
 
     from tests import rig
