@@ -3,6 +3,7 @@
 import sys
 
 from bench import privileged_calls
+from bench import service
 from bench import storage
 
 BENCHMARKS = {
@@ -10,6 +11,8 @@ BENCHMARKS = {
     'clone': privileged_calls.clone,
     'commit-cycle': storage.cycle,
     'snapshot-start': storage.snapshot_start,
+    'streams': service.streams,
+    'ten-thousand': service.ten_thousand,
 }
 
 

@@ -94,6 +94,7 @@ class Volume:
     export_end = _not_supported('export')
     clear = _not_supported('clear')
     tidy = _not_supported('tidy')
+    needs_attention = _not_supported('reconciliation')
     state = _not_supported('state')
 
 
@@ -145,3 +146,4 @@ class Pool:
     setup = _not_supported('pool setup')
     destroy = _not_supported('pool removal')
     usage = _not_supported('pool usage')
+    listings = _not_supported('pool scan')

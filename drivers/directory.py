@@ -23,7 +23,11 @@ class DirectoryVolume(base.Volume):
     def _path(self, name):
         return f'{self.directory}/{name}'
 
-    def listing(self):
+    def listing(self, listings=None):
+        """This volume's files; from ``listings`` (a pool-wide scan) when
+        given, else read now."""
+        if listings is not None:
+            return listings.get(self.config.vid, layout.Listing())
         try:
             return layout.parse(files.list_dir(self.directory))
         except root_errors.NotFound:
@@ -302,9 +306,18 @@ class DirectoryVolume(base.Volume):
 
     # -- state -------------------------------------------------------------
 
-    def state(self):
+    def needs_attention(self, listing, running):
+        """Whether reconciliation has work here (see tidy and stop)."""
+        keep = max(self.config.revisions_to_keep, 0)
+        return bool(len(listing.committed) > 1 or listing.exports or
+                    listing.import_target is not None or
+                    (self.config.kind == 'persistent' and
+                     len(listing.revisions) > keep) or
+                    (not running and listing.working is not None))
+
+    def state(self, listings=None):
         """What the disk says: size, usage, dirtiness, path, outdatedness."""
-        listing = self.listing()
+        listing = self.listing(listings)
         kind = self.config.kind
         working = listing.working
         current = listing.current
@@ -314,13 +327,15 @@ class DirectoryVolume(base.Volume):
         elif working is not None:
             size = working['size']
         elif kind == 'snapshot':
-            source = self.pool.volume(self.config.source).listing().current
+            source = self.pool.volume(self.config.source).listing(
+                listings).current
             size = source[1]['size'] if source else 0
         else:
             size = self.config.size
         outdated = False
         if kind == 'snapshot' and working is not None:
-            source = self.pool.volume(self.config.source).listing().current
+            source = self.pool.volume(self.config.source).listing(
+                listings).current
             outdated = (source is None or
                         source[0] != listing.working_source_gen)
         return {
@@ -363,6 +378,15 @@ class DirectoryPool(base.Pool):
             files.mkdir(self.dir_path, 0o755)
         except root_errors.AlreadyExists:
             pass
+
+    def listings(self):
+        """Every volume's files in one root call: {'DOMAIN/VOLUME':
+        Listing}."""
+        try:
+            tree = files.list_tree(self.dir_path, 2)
+        except root_errors.NotFound:
+            return {}
+        return {vid: layout.parse(entries) for vid, entries in tree.items()}
 
     def destroy(self):
         try:

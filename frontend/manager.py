@@ -114,11 +114,16 @@ class Manager:
     def reconcile(self):
         """Bring every volume in line with its domain's recorded state:
         finish interrupted commits, drop leftovers, and leave stopped
-        domains with no working copies."""
+        domains with no working copies. One scan per pool finds the few
+        volumes that need work."""
+        scans = {name: pool.listings() for name, pool in self.pools.items()}
         for domain in list(self.domains.values()):
             for config in domain.volumes.values():
+                volume = self._volume(config)
+                listing = volume.listing(scans[config.pool])
+                if not volume.needs_attention(listing, domain.running):
+                    continue
                 with self._volume_lock(config):
-                    volume = self._volume(config)
                     volume.tidy()
                     if not domain.running:
                         volume.stop()
@@ -326,12 +331,12 @@ class Manager:
                        if not domains or name in domains
                        for c in d.volumes.values()
                        if pool is None or c.pool == pool]
-        result = []
-        for c in configs:
-            result.append({'domain': c.domain, 'name': c.name,
-                           'pool': c.pool, 'vid': c.vid, 'kind': c.kind,
-                           'size': self._volume(c).state()['size']})
-        return result
+        scans = {name: self._pool(name).listings()
+                 for name in {c.pool for c in configs}}
+        return [{'domain': c.domain, 'name': c.name, 'pool': c.pool,
+                 'vid': c.vid, 'kind': c.kind,
+                 'size': self._volume(c).state(scans[c.pool])['size']}
+                for c in configs]
 
     def set_volume(self, address, prop, value):
         config = self._config(address)

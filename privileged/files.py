@@ -230,6 +230,36 @@ def rmdir(path):
         paths.fsync_directory(parent)
 
 
+def _entries(fd):
+    entries = []
+    for name in sorted(os.listdir(fd)):
+        try:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            continue  # renamed or removed since listdir: not here any more
+        entries.append(_entry(name, st))
+    return entries
+
+
+def _walk(fd, prefix, depth, result):
+    if depth == 0:
+        result[prefix] = tuple(_entries(fd))
+        return
+    for entry in _entries(fd):
+        if entry['type'] != 'dir':
+            continue
+        try:
+            sub = os.open(entry['name'], os.O_RDONLY | os.O_DIRECTORY |
+                          os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        except OSError:
+            continue  # replaced (by a symlink, say) since it was listed
+        try:
+            _walk(sub, f'{prefix}/{entry["name"]}'.lstrip('/'), depth - 1,
+                  result)
+        finally:
+            os.close(sub)
+
+
 @contexts.file_ops.entrypoint
 @audit.audited
 def list_dir(path):
@@ -238,14 +268,25 @@ def list_dir(path):
     with paths.directory(path) as pfd:
         fd = paths.reopen(pfd, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            entries = []
-            for name in sorted(os.listdir(fd)):
-                try:
-                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-                except FileNotFoundError:
-                    continue  # renamed or removed since listdir: not here
-                entries.append(_entry(name, st))
-            return tuple(entries)
+            return tuple(_entries(fd))
+        finally:
+            os.close(fd)
+
+
+@contexts.file_ops.entrypoint
+@audit.audited
+def list_tree(path, depth):
+    """The entries of every directory exactly ``depth`` levels below
+    ``path`` (1..3), keyed by relative path; nothing is followed. One call
+    instead of one per volume."""
+    if type(depth) is not int or not 1 <= depth <= 3:
+        raise errors.InvalidArgument('depth must be 1, 2 or 3')
+    with paths.directory(path) as pfd:
+        fd = paths.reopen(pfd, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            result = {}
+            _walk(fd, '', depth, result)
+            return result
         finally:
             os.close(fd)
 

@@ -19,6 +19,7 @@ import time
 
 from oslo_privsep import daemon as privsep_daemon
 
+from tests import procs
 from tests import rig
 from volsep.privileged import contexts
 from volsep.privileged import files
@@ -29,14 +30,6 @@ SIZE = 4 * MiB
 
 def emit(**fields):
     print(json.dumps(fields), flush=True)
-
-
-def _children():
-    pids = []
-    for task in os.listdir('/proc/self/task'):
-        with open(f'/proc/self/task/{task}/children') as f:
-            pids += [int(p) for p in f.read().split()]
-    return pids
 
 
 def _committed(mgr, address='vm:root'):
@@ -155,7 +148,7 @@ def main():
     from volsep.frontend import manager as manager_module
     from volsep.frontend import privsep_start
     privsep_start.start_daemons()
-    file_daemon = _children()[0]
+    file_daemon = procs.children()[0]
     rig.ctx.start(rig.priv_context.Method.FORK)
     privsep_start.drop_privileges(os.environ['VOLSEP_TEST_USER'])
     mgr = manager_module.Manager(spec['state_dir'])

@@ -6,6 +6,7 @@ it. It keeps every capability, because building hostile fixtures (device
 nodes, links to host files, killing daemons) is its whole purpose.
 """
 
+import hashlib
 import os
 import shutil
 import signal
@@ -84,14 +85,17 @@ def read(path, offset=0, length=-1):
         return f.read(length)
 
 
-@ctx.entrypoint
-def sha256(path):
-    import hashlib
+def _digest(path):
     digest = hashlib.sha256()
     with open(path, 'rb') as f:
         for chunk in iter(lambda: f.read(1 << 20), b''):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+@ctx.entrypoint
+def sha256(path):
+    return _digest(path)
 
 
 @ctx.entrypoint
@@ -142,19 +146,12 @@ def lstat(path):
 def tree(path):
     """Everything below a directory: type, size, inode, mtime and, for
     regular files, a content digest; for 'nothing changed on disk' checks."""
-    import hashlib
     result = {}
     for dirpath, dirnames, filenames in os.walk(path):
         for name in dirnames + filenames:
             full = os.path.join(dirpath, name)
             st = os.lstat(full)
-            digest = None
-            if stat.S_ISREG(st.st_mode):
-                h = hashlib.sha256()
-                with open(full, 'rb') as f:
-                    for chunk in iter(lambda: f.read(1 << 20), b''):
-                        h.update(chunk)
-                digest = h.hexdigest()
+            digest = _digest(full) if stat.S_ISREG(st.st_mode) else None
             result[os.path.relpath(full, path)] = (
                 stat.S_IFMT(st.st_mode), st.st_size, st.st_ino,
                 st.st_mtime_ns, digest)

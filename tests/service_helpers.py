@@ -2,13 +2,13 @@
 drive it with the real CLI from the unprivileged test process."""
 
 import json
-import os
 import signal
 import socket
 import subprocess
 import time
 import uuid
 
+from tests import procs
 from tests import rig
 from tests.conftest import ROOTS
 
@@ -87,15 +87,5 @@ def fresh_state_dir(fs='xfs'):
     return f'{mount}/svc-{uuid.uuid4().hex[:10]}'
 
 
-def status_of(pid):
-    with open(f'/proc/{pid}/status') as f:
-        return dict(line.rstrip('\n').split(':\t', 1) for line in f
-                    if ':\t' in line)
-
-
-def children_of(pid):
-    pids = []
-    for task in os.listdir(f'/proc/{pid}/task'):
-        with open(f'/proc/{pid}/task/{task}/children') as f:
-            pids += [int(p) for p in f.read().split()]
-    return pids
+status_of = procs.status
+children_of = procs.children

@@ -7,6 +7,7 @@ import subprocess
 import pytest
 
 from volsep.privileged import audit
+from volsep.privileged import errors
 from volsep.privileged import files
 
 VOLSEP = '/opt/volsep/venv/bin/volsep'
@@ -24,7 +25,7 @@ def _lines(rig):
 
 def test_every_call_is_recorded_with_caller_and_outcome(xfs_dir, rig):
     files.create(f'{xfs_dir}/a', 4096)
-    with pytest.raises(Exception):
+    with pytest.raises(errors.AlreadyExists):
         files.create(f'{xfs_dir}/a', 4096)
     records = [json.loads(line) for line in _lines(rig)[-2:]]
     assert [r['entrypoint'] for r in records] == [

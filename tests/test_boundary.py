@@ -4,22 +4,10 @@ import os
 
 import pytest
 
+from tests.procs import children as _children
+from tests.procs import status as _status
 from volsep.privileged import errors
 from volsep.privileged import files
-
-
-def _children():
-    pids = []
-    for task in os.listdir('/proc/self/task'):
-        with open(f'/proc/self/task/{task}/children') as f:
-            pids += [int(p) for p in f.read().split()]
-    return pids
-
-
-def _status(pid):
-    with open(f'/proc/{pid}/status') as f:
-        return dict(line.rstrip('\n').split(':\t', 1) for line in f
-                    if ':\t' in line)
 
 
 def test_caller_is_unprivileged_and_daemons_are_root():

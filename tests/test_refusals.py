@@ -23,6 +23,7 @@ OPERATIONS = {
     'mkdir': lambda p, good, new: files.mkdir(p),
     'rmdir': lambda p, good, new: files.rmdir(p),
     'list_dir': lambda p, good, new: files.list_dir(p),
+    'list_tree': lambda p, good, new: files.list_tree(p, 2),
     'qemu-info': lambda p, good, new: qemu.info(p, 'raw'),
     'qemu-create': lambda p, good, new: qemu.create(p, 'qcow2', 1 << 20),
     'qemu-convert-src': lambda p, good, new: qemu.convert(p, 'raw', new,
@@ -183,3 +184,16 @@ def test_symlink_swapped_in_as_middle_component_never_escapes(
                                allow_shrink=True))
     assert rig.tree(outside_dir)['secret'] == secret
     assert outcomes['refused'] > 0 and outcomes['ok'] > 0, outcomes
+
+
+def test_list_tree_never_descends_a_symlink(plain_dir, outside_dir, rig):
+    files.mkdir(f'{plain_dir}/dom')
+    files.mkdir(f'{plain_dir}/dom/vol')
+    files.create(f'{plain_dir}/dom/vol/c1.img', 4096)
+    rig.symlink(outside_dir, f'{plain_dir}/evil')
+    rig.symlink(outside_dir, f'{plain_dir}/dom/evilvol')
+    tree = files.list_tree(plain_dir, 2)
+    assert list(tree) == ['dom/vol']
+    assert [e['name'] for e in tree['dom/vol']] == ['c1.img']
+    with pytest.raises(errors.InvalidArgument):
+        files.list_tree(plain_dir, 7)
