@@ -20,6 +20,7 @@ from volsep.frontend import protocol
 LOG = logging.getLogger('volsep.api')
 AUDIT = logging.getLogger('volsep.audit')
 CHUNK = 4 << 20
+IN_FLIGHT = 2
 
 
 class _Stream(Exception):
@@ -175,21 +176,26 @@ class Api:
         return info
 
     async def _receive(self, address, size, reader):
-        offset, pending = 0, None
-        while offset < size:
-            try:
-                chunk = await reader.readexactly(min(CHUNK, size - offset))
-            except asyncio.IncompleteReadError as err:
-                raise _Stream(f'stream ended after '
-                              f'{offset + len(err.partial)} of {size} '
-                              f'bytes') from None
-            if pending is not None:
-                await pending
-            pending = asyncio.ensure_future(self._run(
-                self.manager.import_write, address, offset, chunk))
-            offset += len(chunk)
-        if pending is not None:
-            await pending
+        # Up to IN_FLIGHT chunks are written by the root side (whose file
+        # daemon has as many threads) while the next is being received.
+        offset, pending = 0, []
+        try:
+            while offset < size:
+                try:
+                    chunk = await reader.readexactly(
+                        min(CHUNK, size - offset))
+                except asyncio.IncompleteReadError as err:
+                    raise _Stream(f'stream ended after '
+                                  f'{offset + len(err.partial)} of {size} '
+                                  f'bytes') from None
+                if len(pending) >= IN_FLIGHT:
+                    await pending.pop(0)
+                pending.append(asyncio.ensure_future(self._run(
+                    self.manager.import_write, address, offset, chunk)))
+                offset += len(chunk)
+        finally:
+            for write in pending:
+                await write
 
     async def _export(self, request_id, params, reader, writer):
         address = _param(params, 'volume')
@@ -198,13 +204,17 @@ class Api:
         try:
             writer.write(protocol.encode({'id': request_id,
                                           'result': {'size': size}}))
-            offset = 0
-            while offset < size:
-                data = await self._run(self.manager.export_read, address,
-                                       path, offset, min(CHUNK, size - offset))
+            def read(offset):
+                return self._run(self.manager.export_read, address, path,
+                                 offset, min(CHUNK, size - offset))
+            # Read the next chunk from the root side while sending this one.
+            offset, pending = 0, (read(0) if size else None)
+            while pending is not None:
+                data = await pending
+                offset += len(data)
+                pending = read(offset) if offset < size else None
                 writer.write(data)
                 await writer.drain()
-                offset += len(data)
         finally:
             await self._run(self.manager.export_end, address, path)
         return None

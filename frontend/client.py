@@ -30,7 +30,8 @@ class Client:
         except OSError as err:
             raise RemoteError('StorageError', f'cannot reach volsepd at '
                               f'{self.path}: {err.strerror}') from None
-        self.stream = self.sock.makefile('rwb', buffering=0)
+        # Buffered: an unbuffered readline() costs one recv per byte.
+        self.stream = self.sock.makefile('rb')
         self._next_id = 0
 
     def close(self):

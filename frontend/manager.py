@@ -8,6 +8,7 @@ saved to the state document before the call returns.
 
 import collections
 import concurrent.futures
+import contextlib
 import functools
 import os
 import threading
@@ -67,6 +68,11 @@ class Manager:
         # start in parallel under their own locks.
         self._domain_locks = collections.defaultdict(threading.Lock)
         self._importing = set()
+        # Sizes for `volume list`, read from disk: only volsep changes a
+        # volume's files and always under its lock, whose release drops the
+        # entry (see _volume_lock), so a cached size is never stale.
+        self._sizes = {}
+        self._epochs = collections.Counter()  # lock releases per volume
         self._load()
 
     # -- state -------------------------------------------------------------
@@ -122,6 +128,8 @@ class Manager:
                 volume = self._volume(config)
                 listing = volume.listing(scans[config.pool])
                 if not volume.needs_attention(listing, domain.running):
+                    self._sizes[config.vid] = volume.state(
+                        scans[config.pool])['size']
                     continue
                 with self._volume_lock(config):
                     volume.tidy()
@@ -147,8 +155,15 @@ class Manager:
     def _volume(self, config):
         return self._pool(config.pool).volume(config)
 
+    @contextlib.contextmanager
     def _volume_lock(self, config):
-        return self._volume_locks[config.vid]
+        with self._volume_locks[config.vid]:
+            try:
+                yield
+            finally:
+                for changed in [config] + self._dependents(config):
+                    self._epochs[changed.vid] += 1
+                    self._sizes.pop(changed.vid, None)
 
     def _running(self, config):
         domain = self.domains.get(config.domain)
@@ -331,12 +346,20 @@ class Manager:
                        if not domains or name in domains
                        for c in d.volumes.values()
                        if pool is None or c.pool == pool]
+        sizes = {c.vid: self._sizes.get(c.vid) for c in configs}
+        missing = [c for c in configs if sizes[c.vid] is None]
+        epochs = {c.vid: self._epochs[c.vid] for c in missing}
+        # A few volumes are read one by one, many with one scan per pool.
         scans = {name: self._pool(name).listings()
-                 for name in {c.pool for c in configs}}
+                 for name in {c.pool for c in missing}} \
+            if len(missing) > 32 else {}
+        for c in missing:
+            sizes[c.vid] = self._volume(c).state(scans.get(c.pool))['size']
+            if self._epochs[c.vid] == epochs[c.vid]:  # unchanged meanwhile
+                self._sizes[c.vid] = sizes[c.vid]
         return [{'domain': c.domain, 'name': c.name, 'pool': c.pool,
                  'vid': c.vid, 'kind': c.kind,
-                 'size': self._volume(c).state(scans[c.pool])['size']}
-                for c in configs]
+                 'size': sizes[c.vid]} for c in configs]
 
     def set_volume(self, address, prop, value):
         config = self._config(address)

@@ -677,3 +677,28 @@ def test_state_survives_restart_and_rejects_corruption(env, rig):
                 'running="maybe"/></domains></volsep>')
     with pytest.raises(errors.StorageError, match='invalid'):
         manager_module.Manager(state_dir)
+
+
+def test_listed_sizes_follow_every_change(env, rig):
+    def listed(address):
+        domain, name = address.split(':')
+        return next(v['size'] for v in env.list_volumes()
+                    if (v['domain'], v['name']) == (domain, name))
+    env.create_volume('base:root', 'p', MiB)
+    env.create_volume('vm:snap', 'p', kind='snapshot', source='base:root')
+    env.create_volume('vm:vol', 'p', MiB, kind='volatile')
+    assert listed('base:root') == MiB and listed('vm:snap') == MiB
+    env.resize('base:root', 2 * MiB)
+    assert listed('base:root') == 2 * MiB and listed('vm:snap') == 2 * MiB
+    env.resize('vm:vol', 3 * MiB)
+    assert listed('vm:vol') == 3 * MiB
+    env.start_domain('base')
+    env.resize('base:root', 4 * MiB)
+    assert listed('base:root') == 4 * MiB
+    env.stop_domain('base')
+    env.import_begin('base:root', 5 * MiB)
+    assert listed('base:root') == 4 * MiB
+    env.import_end('base:root', True)
+    assert listed('base:root') == 5 * MiB
+    env.revert('base:root')
+    assert listed('base:root') == 4 * MiB
