@@ -7,11 +7,15 @@ crash between any two calls leaves either the old or the new committed
 state, which `tidy` then completes.
 """
 
+import dataclasses
+
 from volsep.drivers import base
 from volsep.drivers import errors
 from volsep.drivers import layout
 from volsep.privileged import errors as root_errors
 from volsep.privileged import files
+from volsep.privileged import images
+from volsep.privileged import qemu
 
 
 class DirectoryVolume(base.Volume):
@@ -128,9 +132,12 @@ class DirectoryVolume(base.Volume):
         for entry in listing.exports:
             files.unlink(self._path(entry['name']))
             changed = True
-        if listing.import_target is not None and not keep_import:
-            files.unlink(self._path(layout.IMPORT))
-            changed = True
+        if not keep_import:
+            pending = listing.uploads + (
+                [listing.import_target] if listing.import_target else [])
+            for entry in pending:
+                files.unlink(self._path(entry['name']))
+                changed = True
         if self.config.kind == 'persistent':
             keep = max(self.config.revisions_to_keep, 0)
             if len(revisions) > keep:
@@ -217,28 +224,44 @@ class DirectoryVolume(base.Volume):
 
     # -- import, export, clone, clear -------------------------------------
 
-    def import_begin(self, size):
+    def import_begin(self, size, fmt='raw'):
+        """Make the file an import stream is written into: the import
+        target itself for raw data, else an upload converted at the end."""
         listing = self.listing()
-        if listing.import_target is not None:
+        if listing.import_target is not None or listing.uploads:
             raise errors.VolumeBusy(
                 f'volume {self.config.address} already has an import pending')
         self._committed(listing)
-        files.create(self._path(layout.IMPORT), size)
-        return self._path(layout.IMPORT)
+        path = self._path(layout.upload(fmt))
+        files.create(path, size)
+        return path
 
-    def import_write(self, offset, data):
-        return files.write_at(self._path(layout.IMPORT), offset, data)
+    def import_write(self, offset, data, fmt='raw'):
+        return files.write_at(self._path(layout.upload(fmt)), offset, data)
 
-    def import_end(self, success):
+    def import_end(self, success, fmt='raw'):
         listing = self.listing()
-        if listing.import_target is None:
+        upload = layout.upload(fmt)
+        pending = {e['name'] for e in listing.uploads}
+        if listing.import_target is not None:
+            pending.add(layout.IMPORT)
+        if upload not in pending:
             raise errors.InvalidArgument(
-                f'volume {self.config.address} has no import pending')
+                f'volume {self.config.address} has no {fmt} import pending')
         if not success:
-            files.unlink(self._path(layout.IMPORT))
+            for name in sorted(pending):
+                files.unlink(self._path(name))
             return
-        files.fsync(self._path(layout.IMPORT))
+        if fmt == 'raw':
+            files.fsync(self._path(layout.IMPORT))
+        else:
+            # convert re-checks the upload before qemu-img reads it, and
+            # publishes the converted target only once it is complete.
+            qemu.convert(self._path(upload), fmt, self._path(layout.IMPORT),
+                         'raw')
         self._publish_generation(listing, layout.IMPORT, 'rename')
+        if fmt != 'raw':
+            files.unlink(self._path(upload))
 
     def import_from(self, source):
         """Replace the committed content with a copy of another volume's."""
@@ -259,13 +282,20 @@ class DirectoryVolume(base.Volume):
         files.create(self._path(layout.IMPORT), entry['size'])
         self._publish_generation(listing, layout.IMPORT, 'rename')
 
-    def export_begin(self):
-        """A private snapshot of the committed data; later commits do not
-        change it."""
+    def export_begin(self, fmt='raw'):
+        """A private snapshot of the committed data, in ``fmt``; later
+        commits do not change it."""
         _, entry = self._committed(self.listing())
-        target = self._path(layout.export())
-        files.clone(self._path(entry['name']), target, self.pool.clone_mode)
-        return {'path': target, 'size': entry['size']}
+        snapshot = self._path(layout.export())
+        files.clone(self._path(entry['name']), snapshot, self.pool.clone_mode)
+        if fmt == 'raw':
+            return {'path': snapshot, 'size': entry['size']}
+        try:
+            target = self._path(layout.export(fmt))
+            qemu.convert(snapshot, 'raw', target, fmt)
+        finally:
+            files.unlink(snapshot)
+        return {'path': target, 'size': files.stat_path(target)['size']}
 
     def _check_export(self, path):
         name = path.rsplit('/', 1)[-1]
@@ -310,7 +340,7 @@ class DirectoryVolume(base.Volume):
         """Whether reconciliation has work here (see tidy and stop)."""
         keep = max(self.config.revisions_to_keep, 0)
         return bool(len(listing.committed) > 1 or listing.exports or
-                    listing.import_target is not None or
+                    listing.import_target is not None or listing.uploads or
                     (self.config.kind == 'persistent' and
                      len(listing.revisions) > keep) or
                     (not running and listing.working is not None))
@@ -344,7 +374,8 @@ class DirectoryVolume(base.Volume):
             'is_dirty': kind == 'persistent' and working is not None,
             'is_outdated': outdated,
             'path': self._path(image['name']) if image else None,
-            'import_pending': listing.import_target is not None,
+            'import_pending': bool(listing.import_target or
+                                  listing.uploads),
             'has_working_copy': working is not None,
         }
 
@@ -355,6 +386,10 @@ def _revision_order(name):
 
 class DirectoryPool(base.Pool):
     volume_class = DirectoryVolume
+    capabilities = dataclasses.replace(
+        base.Capabilities(), revert=True, resize_running=True,
+        import_formats=images.FORMATS,
+        export_formats=('raw', 'qcow2'))
     clone_mode = 'never'
     options = dict(base.Pool.options, dir_path=base.Option(
         'absolute directory of the pool, beneath an allowed root',

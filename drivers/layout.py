@@ -9,7 +9,9 @@ volume can ever be mistaken for another's. Inside it:
     w.img              working copy of a running persistent/volatile volume
     w@<G>.img          working copy of a snapshot started from source gen G
     i.img              pending import target
-    x-<hex>.img        export snapshot
+    i.<FORMAT>         pending import in a foreign format (qcow2, vmdk, vhd,
+                       vhdx, vdi), converted into i.img when it ends
+    x-<hex>.img        export snapshot (x-<hex>.qcow2 when exported as qcow2)
 
 Generations only grow: a new committed image always gets the next number
 above every committed image and revision ever seen, so revision ids never
@@ -24,7 +26,8 @@ import secrets
 _COMMITTED = re.compile(r'c([0-9]{1,18})\.img')
 _REVISION = re.compile(r'r([0-9]{1,18})@([0-9]{8}T[0-9]{6}Z)\.img')
 _WORKING = re.compile(r'w(?:@([0-9]{1,18}))?\.img')
-_EXPORT = re.compile(r'x-[0-9a-f]{16}\.img')
+_EXPORT = re.compile(r'x-[0-9a-f]{16}\.(?:img|qcow2)')
+_UPLOAD = re.compile(r'i\.(qcow2|vmdk|vhd|vhdx|vdi)')
 IMPORT = 'i.img'
 
 
@@ -47,6 +50,7 @@ class Listing:
     working: object = None          # entry
     working_source_gen: object = None
     import_target: object = None    # entry
+    uploads: list = dataclasses.field(default_factory=list)
     exports: list = dataclasses.field(default_factory=list)
     unknown: list = dataclasses.field(default_factory=list)
 
@@ -76,6 +80,8 @@ def parse(entries):
             listing.working_source_gen = int(m[1]) if m[1] else None
         elif name == IMPORT:
             listing.import_target = entry
+        elif _UPLOAD.fullmatch(name):
+            listing.uploads.append(entry)
         elif _EXPORT.fullmatch(name):
             listing.exports.append(entry)
         else:
@@ -100,8 +106,18 @@ def working(source_generation=None):
     return f'w@{source_generation}.img'
 
 
-def export():
-    return f'x-{secrets.token_hex(8)}.img'
+def upload(fmt):
+    """Where an import in ``fmt`` lands before conversion."""
+    if fmt == 'raw':
+        return IMPORT
+    name = f'i.{fmt}'
+    if not _UPLOAD.fullmatch(name):
+        raise ValueError(f'no upload name for format {fmt!r}')
+    return name
+
+
+def export(fmt='raw'):
+    return f'x-{secrets.token_hex(8)}.{"img" if fmt == "raw" else fmt}'
 
 
 def is_export(name):

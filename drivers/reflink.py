@@ -13,7 +13,7 @@ from volsep.privileged import files
 
 class ReflinkPool(directory.DirectoryPool):
     driver = 'file-reflink'
-    capabilities = dataclasses.replace(base.Capabilities(),
+    capabilities = dataclasses.replace(directory.DirectoryPool.capabilities,
                                        clone_instant=True)
     options = dict(directory.DirectoryPool.options, setup_check=base.Option(
         'refuse a filesystem without reflink (yes) or fall back to sparse '

@@ -24,7 +24,12 @@ IN_FLIGHT = 2
 
 
 class _Stream(Exception):
-    """A data stream that was short, long or malformed."""
+    """A data stream that was short, long, malformed or refused midway;
+    the connection ends after the error reply."""
+
+    def __init__(self, message, error_class=None):
+        super().__init__(str(message))
+        self.error_class = error_class or 'InvalidArgument'
 
 
 def _param(params, key, required=True):
@@ -146,22 +151,28 @@ class Api:
         size = validation.size(_param(params, 'size'))
         fmt = params.get('format', 'raw')
         pool = self.manager.volume_info(address)['pool']
-        allowed = self.policy.pool_limit(pool, 'import_formats', ['raw'])
-        if fmt not in allowed:
+        allowed = self.policy.pool_limit(pool, 'import_formats')
+        if allowed is not None and fmt not in allowed:
             raise errors.InvalidArgument(
                 f'pool {pool} accepts imports in {", ".join(allowed)}, not '
                 f'{fmt!r}')
-        limit = self.policy.pool_limit(pool, 'max_volume_size')
-        if limit is not None:
-            validation.size(size, limit)
-        await self._run(self.manager.import_begin, address, size)
+        await self._run(self.manager.import_begin, address, size, fmt,
+                        self.policy.pool_limit(pool, 'max_volume_size'))
         writer.write(protocol.encode({'id': request_id,
                                       'result': {'ready': True,
                                                  'size': size}}))
         await writer.drain()
         success = False
         try:
-            await self._receive(address, size, reader)
+            try:
+                await self._receive(address, size, reader)
+            except _Stream:
+                raise
+            except Exception as err:
+                # Refused mid-stream (an unsafe image): the rest of the
+                # stream is unread, so the connection cannot go on.
+                raise _Stream(err, getattr(err, 'error_class', None)) \
+                    from err
             try:
                 end = await reader.readexactly(len(protocol.END_MARKER))
             except asyncio.IncompleteReadError:
@@ -178,7 +189,8 @@ class Api:
     async def _receive(self, address, size, reader):
         # Up to IN_FLIGHT chunks are written by the root side (whose file
         # daemon has as many threads) while the next is being received.
-        offset, pending = 0, []
+        # The image check sees chunks strictly in order, before their write.
+        offset, pending, inspecting = 0, [], True
         try:
             while offset < size:
                 try:
@@ -188,6 +200,9 @@ class Api:
                     raise _Stream(f'stream ended after '
                                   f'{offset + len(err.partial)} of {size} '
                                   f'bytes') from None
+                if inspecting:
+                    inspecting = await self._run(self.manager.import_inspect,
+                                                 address, chunk)
                 if len(pending) >= IN_FLIGHT:
                     await pending.pop(0)
                 pending.append(asyncio.ensure_future(self._run(
@@ -199,7 +214,8 @@ class Api:
 
     async def _export(self, request_id, params, reader, writer):
         address = _param(params, 'volume')
-        export = await self._run(self.manager.export_begin, address)
+        export = await self._run(self.manager.export_begin, address,
+                                 params.get('format', 'raw'))
         path, size = export['path'], export['size']
         try:
             writer.write(protocol.encode({'id': request_id,
@@ -294,8 +310,11 @@ class Api:
                 self._publish(event, params, result)
             return {'id': request_id, 'result': result}
         except _Stream as err:
-            return dict(protocol.error_reply(request_id, 'InvalidArgument',
-                                             err), stream_broken=True)
+            # translated() keeps a contract name, anything else is a
+            # StorageError.
+            error_class = errors.translated(err).error_class
+            return dict(protocol.error_reply(request_id, error_class, err),
+                        stream_broken=True)
         except Exception as err:  # noqa: BLE001 - every error gets a reply
             error_class = getattr(err, 'error_class', None)
             translated = errors.translated(err)

@@ -66,22 +66,28 @@ class Client:
                                               'size': size, 'format': fmt})
         self._reply()
         sent = 0
-        while sent < size:
-            data = source.read(min(CHUNK, size - sent))
-            if not data:
-                break  # volsepd sees the short stream and rolls back
-            self.sock.sendall(data)
-            sent += len(data)
-            if progress:
-                progress(len(data))
+        try:
+            while sent < size:
+                data = source.read(min(CHUNK, size - sent))
+                if not data:
+                    break  # volsepd sees the short stream and rolls back
+                self.sock.sendall(data)
+                sent += len(data)
+                if progress:
+                    progress(len(data))
+        except (BrokenPipeError, ConnectionResetError):
+            # volsepd refused the stream midway (an unsafe image) and
+            # closed; its reply says why.
+            return self._reply()
         if sent < size:
             self.sock.shutdown(socket.SHUT_WR)
             return self._reply()
         self.sock.sendall(protocol.encode(protocol.END_OF_STREAM))
         return self._reply()
 
-    def export_stream(self, address, sink, progress=None):
-        self._send('admin.vm.volume.Export', {'volume': address})
+    def export_stream(self, address, sink, fmt='raw', progress=None):
+        self._send('admin.vm.volume.Export', {'volume': address,
+                                              'format': fmt})
         size = self._reply()['size']
         received = 0
         while received < size:

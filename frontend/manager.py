@@ -9,6 +9,7 @@ saved to the state document before the call returns.
 import collections
 import concurrent.futures
 import contextlib
+import dataclasses
 import functools
 import os
 import threading
@@ -18,6 +19,7 @@ from volsep.drivers import errors
 from volsep.drivers import validation
 from volsep.frontend import drivers
 from volsep.frontend import state as state_module
+from volsep.privileged import images
 
 
 def _contract_errors(cls):
@@ -46,6 +48,13 @@ class Domain:
         self.volumes = {}  # name -> base.VolumeConfig
 
 
+@dataclasses.dataclass
+class _PendingImport:
+    fmt: str
+    check: object           # images.ImageCheck; None for raw
+    inspected: bool = False
+
+
 def parse_address(address):
     if type(address) is not str or address.count(':') != 1:
         raise errors.InvalidArgument(
@@ -67,7 +76,7 @@ class Manager:
         # A domain's start and stop exclude each other; its volumes still
         # start in parallel under their own locks.
         self._domain_locks = collections.defaultdict(threading.Lock)
-        self._importing = set()
+        self._importing = {}  # vid -> _PendingImport
         # Sizes for `volume list`, read from disk: only volsep changes a
         # volume's files and always under its lock, whose release drops the
         # entry (see _volume_lock), so a cached size is never stale.
@@ -319,7 +328,7 @@ class Manager:
                 del domain.volumes[config.name]
                 if not domain.volumes:
                     del self.domains[config.domain]
-                self._importing.discard(config.vid)
+                self._importing.pop(config.vid, None)
                 self._save()
 
     def volume_info(self, address):
@@ -450,43 +459,88 @@ class Manager:
 
     # -- import, export, clone, clear -------------------------------------
 
-    def import_begin(self, address, size):
+    def import_begin(self, address, size, fmt='raw', max_size=None):
+        """Start an import of ``size`` stream bytes in ``fmt``; returns the
+        file the stream goes into. A raw stream becomes the volume as it
+        is; any other format is inspected as it arrives (import_inspect)
+        and converted at import_end. The volume (for raw, the stream) may
+        not exceed ``max_size`` nor the pool's max_volume_size."""
         config = self._config(address)
-        size = validation.size(size, self._pool(config.pool).options[
-            'max_volume_size'])
+        pool = self._pool(config.pool)
+        formats = pool.capabilities.import_formats
+        if fmt not in formats:
+            raise errors.InvalidArgument(
+                f'pool {config.pool} imports {", ".join(formats)}, not '
+                f'{fmt!r}')
+        limit = min(pool.options['max_volume_size'],
+                    validation.MAX_SIZE if max_size is None else max_size)
+        if fmt == 'raw':
+            size, check = validation.size(size, limit), None
+        else:
+            size = validation.size(size)
+            check = images.ImageCheck(fmt, limit)
         with self._volume_lock(config):
             self._check_stopped_persistent(config, 'import into')
-            path = self._volume(config).import_begin(size)
-            self._importing.add(config.vid)
+            path = self._volume(config).import_begin(size, fmt)
+            self._importing[config.vid] = _PendingImport(fmt, check)
             return path
+
+    def _pending_import(self, config):
+        pending = self._importing.get(config.vid)
+        if pending is None:
+            raise errors.InvalidArgument(f'{config.address} has no import '
+                                         f'pending')
+        return pending
+
+    def import_inspect(self, address, chunk):
+        """Show the next chunk of the stream, in order, to the import's
+        image check; raises UnsafeImage as soon as the headers decide.
+        Returns whether the check wants more chunks."""
+        pending = self._pending_import(self._config(address))
+        if pending.check is None or pending.inspected:
+            return False
+        pending.check.feed(chunk)
+        if pending.check.settled:
+            pending.check.verdict()
+            pending.inspected = True
+        return not pending.inspected
 
     def import_write(self, address, offset, data):
         """One chunk of a pending import (no lock: chunks of one stream
         arrive in order from one connection)."""
         config = self._config(address)
-        if config.vid not in self._importing:
-            raise errors.InvalidArgument(f'{address} has no import pending')
-        return self._volume(config).import_write(offset, data)
+        pending = self._pending_import(config)
+        return self._volume(config).import_write(offset, data, pending.fmt)
 
     def import_end(self, address, success=True):
         config = self._config(address)
         with self._volume_lock(config):
-            if config.vid not in self._importing:
-                raise errors.InvalidArgument(f'{address} has no import '
-                                             f'pending')
+            pending = self._pending_import(config)
+            volume = self._volume(config)
             try:
-                self._volume(config).import_end(bool(success))
+                if success and pending.check is not None:
+                    pending.check.conclude()
+                volume.import_end(bool(success), pending.fmt)
+            except Exception:
+                if success:
+                    volume.import_end(False, pending.fmt)
+                raise
             finally:
-                self._importing.discard(config.vid)
+                self._importing.pop(config.vid, None)
         return self.volume_info(address)
 
-    def export_begin(self, address):
+    def export_begin(self, address, fmt='raw'):
         config = self._config(address)
+        formats = self._pool(config.pool).capabilities.export_formats
+        if fmt not in formats:
+            raise errors.InvalidArgument(
+                f'pool {config.pool} exports {", ".join(formats)}, not '
+                f'{fmt!r}')
         with self._volume_lock(config):
             if config.kind != 'persistent':
                 raise errors.InvalidArgument(
                     f'cannot export {address}: it is {config.kind}')
-            return self._volume(config).export_begin()
+            return self._volume(config).export_begin(fmt)
 
     def export_read(self, address, path, offset, length):
         return self._volume(self._config(address)).export_read(

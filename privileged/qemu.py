@@ -2,10 +2,13 @@
 
 Always an explicit format (never probed), --force-share for reads, the
 image handed over as an already-checked descriptor (/dev/fd/N), and the
-child confined by confined.run. info and create are quick and live in the
-file context; convert is a long job with its own context.
+child confined by confined.run. Before qemu-img reads a non-raw image, the
+image rules (images.py) are applied here again, whatever the frontend
+already checked. info and create are quick and live in the file context;
+convert is a long job with its own context.
 """
 
+import contextlib
 import errno
 import json
 import os
@@ -14,12 +17,13 @@ from volsep.privileged import audit
 from volsep.privileged import config
 from volsep.privileged import confined
 from volsep.privileged import contexts
+from volsep.privileged import copying
 from volsep.privileged import errors
+from volsep.privileged import images
 from volsep.privileged import paths
 from volsep.privileged import validate
 
 QEMU_IMG = '/usr/bin/qemu-img'
-FORMATS = ('raw', 'qcow2', 'vmdk', 'vpc', 'vhdx', 'vdi')
 OUTPUT_FORMATS = ('raw', 'qcow2')
 # SIGKILL (RLIMIT_CPU hard limit) and SIGABRT (allocation failure under
 # RLIMIT_AS) are how qemu-img dies when a limit is hit (FACTS.md).
@@ -52,10 +56,14 @@ def _run(argv, pass_fds, what):
 @audit.audited
 def info(path, fmt):
     """`qemu-img info` of one image with a declared format, as a dict."""
-    validate.choice(fmt, FORMATS, 'format')
+    validate.choice(fmt, images.FORMATS, 'format')
     with paths.regular_file(path, os.O_RDONLY) as (fd, _):
-        out = _run(['info', '-f', fmt, '--force-share', '--output=json',
-                    _fd_path(fd)], (fd,), path)
+        # info copies no data, so the check runs on the file itself rather
+        # than on a frozen copy as convert does.
+        if fmt != 'raw':
+            images.inspect_fd(fd, fmt, validate.MAX_SIZE)
+        out = _run(['info', '-f', images.qemu_name(fmt), '--force-share',
+                    '--output=json', _fd_path(fd)], (fd,), path)
     try:
         data = json.loads(out)
     except ValueError:
@@ -99,19 +107,35 @@ def create(path, fmt, size, backing=None, backing_fmt=None, mode=0o600):
         paths.fsync_directory(parent)
 
 
+@contextlib.contextmanager
+def _frozen_source(src, fmt, parent):
+    """A descriptor of ``src`` that nobody else can change: for a non-raw
+    image, a private clone (a copy where the filesystem cannot clone) that
+    passes the image rules, so what was checked is what qemu-img reads."""
+    with paths.regular_file(src, os.O_RDONLY) as (src_fd, st):
+        if fmt == 'raw':
+            yield src_fd  # raw is never interpreted, only copied
+            return
+        with paths.anonymous_file(parent, 0o600) as frozen:
+            copying.clone_or_copy(src_fd, frozen, st.st_size, 'auto')
+            images.inspect_fd(frozen, fmt, validate.MAX_SIZE)
+            yield frozen
+
+
 @contexts.long_jobs.entrypoint
 @audit.audited
 def convert(src, src_fmt, dst, dst_fmt, mode=0o600):
     """Convert ``src`` (declared format) into a new image ``dst``."""
-    validate.choice(src_fmt, FORMATS, 'source format')
+    validate.choice(src_fmt, images.FORMATS, 'source format')
     validate.choice(dst_fmt, OUTPUT_FORMATS, 'target format')
     validate.file_mode(mode)
-    with paths.regular_file(src, os.O_RDONLY) as (src_fd, _), \
-            paths.parent_of(dst) as (parent, name):
+    with paths.parent_of(dst) as (parent, name), \
+            _frozen_source(src, src_fmt, parent) as src_fd:
         with paths.anonymous_file(parent, mode) as fd:
             cache = 'none' if _direct_io_works(fd) else 'writeback'
-            _run(['convert', '-q', '-f', src_fmt, '-O', dst_fmt, '-t', cache,
-                  _fd_path(src_fd), _fd_path(fd)], (src_fd, fd), src)
+            _run(['convert', '-q', '-f', images.qemu_name(src_fmt),
+                  '-O', dst_fmt, '-t', cache, _fd_path(src_fd),
+                  _fd_path(fd)], (src_fd, fd), src)
             os.fsync(fd)
             paths.publish(fd, parent, name, dst)
         paths.fsync_directory(parent)

@@ -7,6 +7,7 @@ from volsep.frontend.cli import app
 from volsep.frontend.cli import base
 from volsep.frontend.cli import progress
 from volsep.frontend.cli import units
+from volsep.privileged import images
 
 LIST_COLUMNS = ('domain', 'name', 'pool', 'vid', 'kind', 'size')
 ZERO_CHUNK = bytes(1 << 20)
@@ -44,7 +45,8 @@ class VolumeCreate(base.ShowOne):
         parser.add_argument('--source', metavar='DOMAIN:VOLUME')
         parser.add_argument('--revisions-to-keep', type=int)
         parser.add_argument('--read-only', action='store_true')
-        parser.add_argument('--format', default='raw', choices=('raw',))
+        parser.add_argument('--format', default='raw',
+                            choices=('raw', 'qcow2'))
         return parser
 
     def take_action(self, args):
@@ -149,7 +151,11 @@ class VolumeImport(base.ShowOne):
         _address(parser)
         parser.add_argument('path', metavar='PATH|-')
         parser.add_argument('--size', help='bytes to read (needed for -)')
-        parser.add_argument('--format', default='raw')
+        parser.add_argument(
+            '--format', default='raw', choices=images.FORMATS,
+            help='format of the data; anything but raw is inspected and '
+                 'converted, and refused as UnsafeImage if it is not '
+                 'exactly a self-contained image of that format')
         return parser
 
     def take_action(self, args):
@@ -198,13 +204,15 @@ class VolumeExport(base.ShowOne):
         parser = super().get_parser(prog_name)
         _address(parser)
         parser.add_argument('path', metavar='PATH|-')
-        parser.add_argument('--format', default='raw', choices=('raw',))
+        parser.add_argument('--format', default='raw',
+                            choices=('raw', 'qcow2'))
         return parser
 
     def take_action(self, args):
         client = self.client()
         if args.path == '-':
-            size = client.export_stream(args.volume, sys.stdout.buffer)
+            size = client.export_stream(args.volume, sys.stdout.buffer,
+                                        args.format)
             sys.stdout.buffer.flush()
             return (), ()
         try:
@@ -215,7 +223,8 @@ class VolumeExport(base.ShowOne):
         with target:
             sink = _SparseSink(target)
             with progress.bar(None, f'export {args.volume}') as update:
-                size = client.export_stream(args.volume, sink, update)
+                size = client.export_stream(args.volume, sink, args.format,
+                                            update)
             sink.finish()
         return self.fields({'volume': args.volume, 'path': args.path,
                             'size': size, 'format': args.format})
