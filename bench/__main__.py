@@ -2,6 +2,7 @@
 
 import sys
 
+from bench import images
 from bench import privileged_calls
 from bench import service
 from bench import storage
@@ -13,6 +14,8 @@ BENCHMARKS = {
     'snapshot-start': storage.snapshot_start,
     'streams': service.streams,
     'ten-thousand': service.ten_thousand,
+    'image-inspection': images.inspection,
+    'qcow2-import': images.qcow2_import,
 }
 
 

@@ -19,7 +19,7 @@ GiB = 1 << 30
 _started = False
 
 
-def _start():
+def start_daemons():
     global _started
     if not _started:
         privsep_start.start_daemons()
@@ -28,7 +28,7 @@ def _start():
 
 
 def noop(calls=5000):
-    _start()
+    start_daemons()
     for _ in range(200):  # warm both channels
         files.ping()
         noop_context.noop()
@@ -84,7 +84,7 @@ def _same_sequence_in_process(src, directory):
 
 
 def clone(repeat=30):
-    _start()
+    start_daemons()
     cfg.CONF.set_override('thread_pool_size', 2, 'volsep_privileged_files')
     for size, extents in ((1 * GiB, 2000), (8 * GiB, 8000)):
         directory = f'{ROOT}/clone-{size // GiB}g'

@@ -14,11 +14,11 @@ VENV = '/opt/volsep/venv/bin'
 GiB = 1 << 30
 
 
-def _mount():
+def mount():
     return privileged_calls.ROOT.rsplit('/', 1)[0]
 
 
-def _start(state_dir):
+def start(state_dir):
     started = time.perf_counter()
     proc = subprocess.Popen([f'{VENV}/volsepd', '--state-dir', state_dir,
                              '--user', 'volsep'], stdout=subprocess.DEVNULL,
@@ -36,12 +36,12 @@ def _start(state_dir):
             time.sleep(0.01)
 
 
-def _stop(proc):
+def stop(proc):
     proc.send_signal(signal.SIGTERM)
     proc.wait(60)
 
 
-def _timed(argv):
+def timed(argv):
     started = time.perf_counter()
     subprocess.run(argv, check=True, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL)
@@ -50,26 +50,26 @@ def _timed(argv):
 
 def streams():
     """1 GiB import and export through the CLI vs dd on the same XFS."""
-    state_dir = f'{_mount()}/svc-streams'
-    source = f'{_mount()}/data.raw'
+    state_dir = f'{mount()}/svc-streams'
+    source = f'{mount()}/data.raw'
     with open(source, 'wb') as f:
         for _ in range(GiB // (16 << 20)):
             f.write(os.urandom(16 << 20))
-    proc, _ = _start(state_dir)
+    proc, _ = start(state_dir)
     env_socket = ['--socket', f'{state_dir}/volsepd.sock']
     try:
         subprocess.run([f'{VENV}/volsep', *env_socket, 'volume', 'create',
                         'vm:root', '--pool', 'default', '--size', '1G',
                         '--revisions-to-keep', '0'], check=True,
                        stdout=subprocess.DEVNULL)
-        dd_in = _timed(['dd', f'if={source}', f'of={_mount()}/dd.raw',
+        dd_in = timed(['dd', f'if={source}', f'of={mount()}/dd.raw',
                         'bs=4M', 'conv=fsync'])
-        imp = _timed([f'{VENV}/volsep', *env_socket, 'volume', 'import',
+        imp = timed([f'{VENV}/volsep', *env_socket, 'volume', 'import',
                       'vm:root', source])
-        dd_out = _timed(['dd', f'if={_mount()}/dd.raw',
-                         f'of={_mount()}/dd-out.raw', 'bs=4M'])
-        exp = _timed([f'{VENV}/volsep', *env_socket, 'volume', 'export',
-                      'vm:root', f'{_mount()}/exported.raw'])
+        dd_out = timed(['dd', f'if={mount()}/dd.raw',
+                         f'of={mount()}/dd-out.raw', 'bs=4M'])
+        exp = timed([f'{VENV}/volsep', *env_socket, 'volume', 'export',
+                      'vm:root', f'{mount()}/exported.raw'])
         mib = GiB / (1 << 20)
         print(f'  dd import-like (fsync)   {mib / dd_in:8.0f} MiB/s '
               f'(baseline)')
@@ -80,7 +80,7 @@ def streams():
         print(f'  volsep volume export     {mib / exp:8.0f} MiB/s   '
               f'ratio {dd_out / exp:4.2f}x of dd')
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 def _populate(state_dir, count):
@@ -115,18 +115,18 @@ def _volsep_ids():
 
 
 def ten_thousand(count=10000):
-    state_dir = f'{_mount()}/svc-many'
+    state_dir = f'{mount()}/svc-many'
     os.makedirs(f'{state_dir}/pools', mode=0o755)
     _populate(state_dir, count)
-    proc, _ = _start(state_dir)  # first start writes the root config
-    _stop(proc)
-    proc, restart = _start(state_dir)
+    proc, _ = start(state_dir)  # first start writes the root config
+    stop(proc)
+    proc, restart = start(state_dir)
     try:
         c = client_module.Client(f'{state_dir}/volsepd.sock')
         assert len(c.call('admin.vm.volume.List')) == count
         api = timing.median_seconds(
             lambda: c.call('admin.vm.volume.List'), 5)
-        cli = timing.median_seconds(lambda: _timed(
+        cli = timing.median_seconds(lambda: timed(
             [f'{VENV}/volsep', '--socket', f'{state_dir}/volsepd.sock',
              'volume', 'list', '-f', 'json']), 3)
         print(f'  {count} volumes: restart {restart * 1e3:.0f} ms '
@@ -134,4 +134,4 @@ def ten_thousand(count=10000):
               f'(aim < 100), via CLI {cli * 1e3:.0f} ms (interpreter and '
               f'cliff start-up included)')
     finally:
-        _stop(proc)
+        stop(proc)

@@ -28,7 +28,7 @@ def _in_process(flag):
 
 def cycle(repeat=40):
     """start+stop of a 256 MiB persistent volume (revisions_to_keep=1)."""
-    privileged_calls._start()
+    privileged_calls.start_daemons()
     mgr, state = _manager('cycle')
     mgr.create_volume('vm:root', 'p', 256 * MiB, revisions_to_keep=1)
     path = mgr.start_domain('vm')[0]['path']
@@ -58,7 +58,7 @@ def cycle(repeat=40):
 
 def snapshot_start(repeat=10):
     """Start of a snapshot volume vs the FICLONE of its source."""
-    privileged_calls._start()
+    privileged_calls.start_daemons()
     mgr, state = _manager('snap')
     for size, extents in ((1 * GiB, 2000), (8 * GiB, 8000)):
         base = f'base{size // GiB}'

@@ -1,0 +1,77 @@
+"""Untrusted-image benchmarks: header inspection against qemu-img info, and
+a qcow2 import through volsep against a bare qemu-img convert."""
+
+import os
+import subprocess
+
+from bench import privileged_calls
+from bench import service
+from bench import timing
+from volsep.privileged import images
+from volsep.privileged import qemu
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+def _image(directory, fmt, qemu_fmt, data_mib):
+    """A 1 GiB image holding ``data_mib`` MiB of random data in 16 MiB runs
+    spread over the disk, converted by qemu-img itself."""
+    raw = f'{directory}/source-{fmt}.raw'
+    with open(raw, 'wb') as f:
+        f.truncate(GiB)
+        runs = data_mib // 16
+        for i in range(runs):
+            f.seek(i * (GiB // runs))
+            f.write(os.urandom(16 * MiB))
+    path = f'{directory}/image.{fmt}'
+    subprocess.run(['qemu-img', 'convert', '-f', 'raw', '-O', qemu_fmt, raw,
+                    path], check=True)
+    os.unlink(raw)
+    return path
+
+
+def inspection():
+    privileged_calls.start_daemons()
+    directory = f'{privileged_calls.ROOT}/bench-inspect'
+    os.makedirs(directory, exist_ok=True)
+    for fmt, qemu_fmt in (('qcow2', 'qcow2'), ('vmdk', 'vmdk'),
+                          ('vhdx', 'vhdx')):
+        path = _image(directory, fmt, qemu_fmt, 64)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            inspect = timing.median_seconds(
+                lambda: images.inspect_fd(fd, fmt, 1 << 50), 200)
+        finally:
+            os.close(fd)
+        info = timing.median_seconds(lambda: qemu.info(path, fmt), 30)
+        print(f'  {fmt:<6} qemu.info (privsep, checks, qemu-img) '
+              f'{info * 1e3:7.2f} ms   header inspection '
+              f'{inspect * 1e3:6.3f} ms   inspection is '
+              f'{info / inspect:5.0f}x faster (aim >= 20x)')
+
+
+def qcow2_import():
+    """A 1 GiB qcow2 holding 512 MiB through `volsep volume import
+    --format qcow2` vs a bare `qemu-img convert` to raw with the same cache
+    mode, on the same XFS."""
+    mount = service.mount()
+    source = _image(mount, 'qcow2', 'qcow2', 512)
+    bare = service.timed(['qemu-img', 'convert', '-f', 'qcow2', '-O', 'raw',
+                           '-t', 'none', source, f'{mount}/bare.raw'])
+    state_dir = f'{mount}/svc-images'
+    proc, _ = service.start(state_dir)
+    socket_args = ['--socket', f'{state_dir}/volsepd.sock']
+    try:
+        subprocess.run([f'{service.VENV}/volsep', *socket_args, 'volume',
+                        'create', 'vm:root', '--pool', 'default', '--size',
+                        '1M', '--revisions-to-keep', '0'], check=True,
+                       stdout=subprocess.DEVNULL)
+        imported = service.timed([f'{service.VENV}/volsep', *socket_args,
+                                   'volume', 'import', 'vm:root', source,
+                                   '--format', 'qcow2'])
+    finally:
+        service.stop(proc)
+    print(f'  bare qemu-img convert qcow2 -> raw  {bare:6.2f} s (baseline)')
+    print(f'  volsep volume import --format qcow2 {imported:6.2f} s   '
+          f'ratio {bare / imported:4.2f}x of bare (aim >= 0.9x)')
