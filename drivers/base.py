@@ -23,13 +23,17 @@ class Capabilities:
     clone_instant: bool = False
     export_formats: tuple = ('raw',)
     import_formats: tuple = ('raw',)
+    volume_formats: tuple = ('raw',)
+    chains: bool = False
 
     def as_dict(self):
         return {'kinds': sorted(self.kinds), 'revert': self.revert,
                 'resize_running': self.resize_running,
                 'clone_instant': self.clone_instant,
                 'export_formats': list(self.export_formats),
-                'import_formats': list(self.import_formats)}
+                'import_formats': list(self.import_formats),
+                'volume_formats': list(self.volume_formats),
+                'chains': self.chains}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +55,10 @@ class VolumeConfig:
     rw: bool = True
     revisions_to_keep: int = 1
     source: object = None  # the source volume's VolumeConfig, if any
+    format: str = 'raw'    # of the committed image (a chain's base)
+    # A chain driver's record of the committed backing chain: [path
+    # relative to the pool, format] pairs, top first.
+    chain: list = dataclasses.field(default_factory=list)
 
     @property
     def vid(self):
@@ -76,6 +84,15 @@ class Volume:
     def __init__(self, pool, config):
         self.pool = pool
         self.config = config
+
+    def attached_format(self):
+        """The format of the image start() hands to the hypervisor."""
+        return self.config.format
+
+    def chain(self):
+        """The image a hypervisor attaches and its backing chain: [[absolute
+        path, format], ...], top first."""
+        return [[self.state()['path'], self.attached_format()]]
 
     create = _not_supported('create')
     remove = _not_supported('remove')

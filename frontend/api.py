@@ -98,6 +98,22 @@ class Api:
                                'domain-started'),
             'admin.vm.Stop': (lambda p: m.stop_domain(_param(p, 'domain')),
                               'domain-stopped'),
+            'admin.vm.DiskXML': (lambda p: {'xml': m.disk_xml(
+                _param(p, 'domain'), p.get('full') is True)}, None),
+            'admin.vm.volume.XML': (lambda p: {'xml': m.volume_xml(
+                _param(p, 'volume'))}, None),
+            'admin.pool.XML': (lambda p: {'xml': m.pool_xml(
+                _param(p, 'pool'))}, None),
+            'admin.vm.volume.ChainValidate': (lambda p: m.chain_validate(
+                _param(p, 'volume')), None),
+            'admin.vm.volume.ChainCorrect': (lambda p: m.chain_correct(
+                _param(p, 'volume')), 'volume-chain-corrected'),
+            'admin.vm.volume.ChainCommit': (lambda p: m.chain_commit(
+                _param(p, 'volume'), _param(p, 'top'), _param(p, 'base')),
+                'volume-chain-committed'),
+            'admin.vm.volume.ChainPull': (lambda p: m.chain_pull(
+                _param(p, 'volume'), _param(p, 'top'), _param(p, 'base')),
+                'volume-chain-pulled'),
         }
         self.streaming = {'admin.vm.volume.Import': self._import,
                           'admin.vm.volume.Export': self._export,
@@ -115,7 +131,7 @@ class Api:
             _param(p, 'volume'), pool, size=size,
             kind=p.get('kind', 'persistent'), source=p.get('source'),
             revisions_to_keep=p.get('revisions_to_keep'),
-            rw=p.get('rw', True))
+            rw=p.get('rw', True), fmt=p.get('format'))
 
     def _clone_from(self, p):
         source = _param(p, 'volume')

@@ -17,8 +17,11 @@ import threading
 from volsep.drivers import base
 from volsep.drivers import errors
 from volsep.drivers import validation
+from volsep.frontend import chains
 from volsep.frontend import drivers
+from volsep.frontend import libvirt_xml
 from volsep.frontend import state as state_module
+from volsep.privileged import chain as root_chain
 from volsep.privileged import images
 
 
@@ -98,7 +101,8 @@ class Manager:
                     domain=name, name=vol['name'], pool=vol['pool'],
                     kind=vol['kind'], size=vol['size'], rw=vol['rw'],
                     revisions_to_keep=vol['revisions_to_keep'],
-                    source=vol['source'])
+                    source=vol['source'], format=vol['format'],
+                    chain=vol['chain'])
         for domain in self.domains.values():
             for config in domain.volumes.values():
                 if config.source:
@@ -113,7 +117,8 @@ class Manager:
                 {'name': c.name, 'pool': c.pool, 'kind': c.kind,
                  'size': c.size, 'rw': c.rw,
                  'revisions_to_keep': c.revisions_to_keep,
-                 'source': c.source.address if c.source else None}
+                 'source': c.source.address if c.source else None,
+                 'format': c.format, 'chain': c.chain}
                 for c in domain.volumes.values()])
         self.document.save(state_module.Snapshot(pools, domains,
                                                  self.default_pool))
@@ -132,6 +137,7 @@ class Manager:
         domains with no working copies. One scan per pool finds the few
         volumes that need work."""
         scans = {name: pool.listings() for name, pool in self.pools.items()}
+        tidied = False
         for domain in list(self.domains.values()):
             for config in domain.volumes.values():
                 volume = self._volume(config)
@@ -144,6 +150,9 @@ class Manager:
                     volume.tidy()
                     if not domain.running:
                         volume.stop()
+                tidied = True
+        if tidied:  # a chain record may have followed the disk
+            self._save()
 
     # -- lookups -----------------------------------------------------------
 
@@ -263,7 +272,8 @@ class Manager:
     # -- volumes -----------------------------------------------------------
 
     def create_volume(self, address, pool, size=0, kind='persistent',
-                      source=None, revisions_to_keep=None, rw=True):
+                      source=None, revisions_to_keep=None, rw=True,
+                      fmt=None):
         domain_name, name = parse_address(address)
         if kind not in base.KINDS:
             raise errors.InvalidArgument(f'unknown volume kind {kind!r}')
@@ -299,12 +309,18 @@ class Manager:
                     size, pool_obj.options['max_volume_size'])
             if revisions_to_keep is None:
                 revisions_to_keep = pool_obj.options['revisions_to_keep']
+            formats = pool_obj.capabilities.volume_formats
+            fmt = formats[-1] if fmt is None else fmt
+            if fmt not in formats:
+                raise errors.InvalidArgument(
+                    f'pool {pool} stores volumes as {", ".join(formats)}, '
+                    f'not {fmt!r}')
             config = base.VolumeConfig(
                 domain=domain_name, name=name, pool=pool, kind=kind,
                 size=size, rw=validation.boolean(rw, 'rw'),
                 revisions_to_keep=validation.revisions_to_keep(
                     revisions_to_keep),
-                source=source_config)
+                source=source_config, format=fmt)
             with self._volume_lock(config):
                 self._volume(config).create()
                 self.domains.setdefault(domain_name, Domain()).volumes[
@@ -345,7 +361,8 @@ class Manager:
             'revisions_to_keep': config.revisions_to_keep,
             'is_outdated': disk['is_outdated'] and running,
             'is_dirty': disk['is_dirty'], 'running': running,
-            'format': 'raw', 'path': disk['path'],
+            'format': disk.get('format', config.format),
+            'path': disk['path'],
             'import_pending': config.vid in self._importing,
         }
 
@@ -621,10 +638,11 @@ class Manager:
 
         def start_one(config):
             with self._volume_lock(config):
-                path = self._volume(config).start()
+                volume = self._volume(config)
+                path = volume.start()
                 started.append(config)
                 return {'volume': config.name, 'path': path,
-                        'format': 'raw', 'rw': config.rw}
+                        'format': volume.attached_format(), 'rw': config.rw}
         try:
             result = self._all(configs, start_one)
         except Exception:
@@ -661,3 +679,117 @@ class Manager:
         with self._lock:
             domain.running = False
             self._save()
+
+    # -- libvirt XML -------------------------------------------------------
+
+    def disk_xml(self, name, full=False):
+        """Each disk of a domain as libvirt <disk> XML with its whole
+        backing chain; with ``full``, inside a minimal TCG domain."""
+        with self._lock:
+            configs = sorted(self._domain(name).volumes.values(),
+                             key=lambda c: c.name)
+        disks = []
+        for index, config in enumerate(configs):
+            with self._volume_lock(config):
+                volume_chain = self._volume(config).chain()
+            if not volume_chain or volume_chain[0][0] is None:
+                raise errors.StorageError(
+                    f'{config.address} has no image to attach until its '
+                    f'domain starts')
+            disks.append(libvirt_xml.disk(volume_chain,
+                                          libvirt_xml.target_name(index),
+                                          read_only=not config.rw))
+        if full:
+            return libvirt_xml.text(libvirt_xml.domain(name, disks))
+        return libvirt_xml.text(*disks)
+
+    def volume_xml(self, address):
+        config = self._config(address)
+        with self._volume_lock(config):
+            volume = self._volume(config)
+            disk = volume.state()
+            volume_chain = volume.chain()
+        if not volume_chain:
+            raise errors.StorageError(f'{address} has no image yet')
+        return libvirt_xml.text(libvirt_xml.storage_volume(
+            config.vid.replace('/', ':'), volume_chain, disk['size'],
+            disk['usage']))
+
+    def pool_xml(self, name):
+        pool = self._pool(name)
+        usage = pool.usage()
+        return libvirt_xml.text(libvirt_xml.storage_pool(
+            name, pool.options.get('dir_path', ''), usage['size'],
+            usage['free']))
+
+    # -- backing chains ----------------------------------------------------
+
+    def _chain_volume(self, address):
+        config = self._config(address)
+        if not self._pool(config.pool).capabilities.chains:
+            raise errors.NotSupported(
+                f'{address} is in pool {config.pool}, whose driver keeps no '
+                f'backing chains')
+        if config.kind != 'persistent':
+            raise errors.InvalidArgument(
+                f'{address} is {config.kind}: only persistent volumes keep '
+                f'a chain')
+        return config, self._volume(config)
+
+    def chain_validate(self, address):
+        """The recorded chain, checked layer by layer against the headers;
+        ChainMismatch lists every difference."""
+        config, volume = self._chain_volume(address)
+        with self._volume_lock(config):
+            record = volume.recorded()
+            found = chains.differences(record, root_chain.layer)
+        if found:
+            raise errors.ChainMismatch(
+                f'{address}: the images disagree with the record: ' +
+                '; '.join(found))
+        return [{'index': i, 'path': path, 'format': fmt}
+                for i, (path, fmt) in enumerate(record)]
+
+    def chain_correct(self, address):
+        """Rebuild the record from the headers, from the recorded top (or,
+        if it is gone, the newest layer) down; all or nothing."""
+        config, volume = self._chain_volume(address)
+        with self._volume_lock(config):
+            self._check_chain_idle(config, 'correct the chain of')
+            top = volume.newest_layer()
+            record = chains.walk(top[0], top[1], root_chain.layer,
+                                 volume.pool.dir_path)
+            before = volume.recorded()
+            volume.set_record(record)
+            with self._lock:
+                self._save()
+        return {'before': before, 'after': record}
+
+    def _check_chain_idle(self, config, what):
+        busy = [c for c in [config] + self._dependents(config)
+                if self._running(c)]
+        if busy:
+            raise errors.VolumeBusy(
+                f'cannot {what} {config.address}: '
+                f'{", ".join(c.address for c in busy)} running')
+
+    def _merge(self, address, top, base, operation, what):
+        config, volume = self._chain_volume(address)
+        with self._volume_lock(config):
+            self._check_chain_idle(config, what)
+            record = volume.recorded()
+            volume.set_record(operation(record, top, base))
+            with self._lock:
+                self._save()
+            return volume.recorded()
+
+    def chain_commit(self, address, top, base):
+        """Offline block-commit by chain index (0 = top)."""
+        return self._merge(address, top, base, root_chain.commit,
+                           'commit layers of')
+
+    def chain_pull(self, address, top, base):
+        """Offline block-pull by chain index (base = chain length:
+        flatten)."""
+        return self._merge(address, top, base, root_chain.pull,
+                           'pull layers of')

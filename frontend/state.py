@@ -1,9 +1,11 @@
 """The frontend's one state document: pools, domains and volume settings.
 
 Volume content and sizes live on disk and are never recorded here, so the
-two cannot drift. The document is XML, validated against a RelaxNG schema
-on every load and before every save, and replaced atomically (temp file,
-fsync, rename, fsync of the directory).
+two cannot drift. The one exception is deliberate: a chain driver's record
+of each backing chain, which `chain validate` compares with the images.
+The document is XML, validated against a RelaxNG schema on every load and
+before every save, and replaced atomically (temp file, fsync, rename, fsync
+of the directory).
 """
 
 import os
@@ -49,6 +51,17 @@ _SCHEMA = etree.RelaxNG(etree.fromstring(b'''
             <attribute name="rw"><data type="boolean"/></attribute>
             <attribute name="revisions-to-keep"><data type="integer"/></attribute>
             <optional><attribute name="source"><text/></attribute></optional>
+            <optional><attribute name="format">
+              <choice><value>raw</value><value>qcow2</value></choice>
+            </attribute></optional>
+            <zeroOrMore>
+              <element name="layer">
+                <attribute name="path"><text/></attribute>
+                <attribute name="format">
+                  <choice><value>raw</value><value>qcow2</value></choice>
+                </attribute>
+              </element>
+            </zeroOrMore>
           </element>
         </zeroOrMore>
       </element>
@@ -88,6 +101,9 @@ def _to_xml(snapshot):
             element.set('revisions-to-keep', str(vol['revisions_to_keep']))
             if vol.get('source'):
                 element.set('source', vol['source'])
+            element.set('format', vol.get('format', 'raw'))
+            for path, fmt in vol.get('chain', ()):
+                etree.SubElement(element, 'layer', path=path, format=fmt)
     return root
 
 
@@ -102,7 +118,10 @@ def _from_xml(root):
                     'kind': v.get('kind'), 'size': int(v.get('size')),
                     'rw': v.get('rw') in ('true', '1'),
                     'revisions_to_keep': int(v.get('revisions-to-keep')),
-                    'source': v.get('source')} for v in domain]
+                    'source': v.get('source'),
+                    'format': v.get('format', 'raw'),
+                    'chain': [[layer.get('path'), layer.get('format')]
+                              for layer in v]} for v in domain]
         snapshot.domains[domain.get('name')] = (
             domain.get('running') in ('true', '1'), volumes)
     return snapshot

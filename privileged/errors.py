@@ -57,5 +57,11 @@ class UnsafeImage(PrivilegedError):
     error_class = 'UnsafeImage'
 
 
+class ChainMismatch(PrivilegedError):
+    """A backing chain on disk is not the one the caller described."""
+
+    error_class = 'ChainMismatch'
+
+
 class ConfigurationError(PrivilegedError):
     error_class = 'StorageError'

@@ -179,6 +179,11 @@ def link(src, dst):
 @audit.audited
 def unlink(path):
     """Remove a regular file's name (links to it elsewhere are untouched)."""
+    remove_file(path)
+
+
+def remove_file(path):
+    """unlink's work, for other root-side modules (not an entrypoint)."""
     with paths.parent_of(path) as (parent, name):
         paths.check_regular(path, paths.lstat_in(parent, name, path),
                             single_link=False)

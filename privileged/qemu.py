@@ -36,7 +36,9 @@ def _fd_path(fd):
     return f'/dev/fd/{fd}'
 
 
-def _run(argv, pass_fds, what):
+def run_img(argv, pass_fds, what):
+    """qemu-img confined, its failures mapped to LimitsExceeded or
+    InvalidImage."""
     conf = config.load()
     result = confined.run(
         [QEMU_IMG] + argv, cpu_seconds=conf.qemu_img_cpu_seconds,
@@ -62,7 +64,7 @@ def info(path, fmt):
         # than on a frozen copy as convert does.
         if fmt != 'raw':
             images.inspect_fd(fd, fmt, validate.MAX_SIZE)
-        out = _run(['info', '-f', images.qemu_name(fmt), '--force-share',
+        out = run_img(['info', '-f', images.qemu_name(fmt), '--force-share',
                     '--output=json', _fd_path(fd)], (fd,), path)
     try:
         data = json.loads(out)
@@ -101,7 +103,7 @@ def create(path, fmt, size, backing=None, backing_fmt=None, mode=0o600):
         argv += ['-u', '-b', backing, '-F', backing_fmt]
     with paths.parent_of(path) as (parent, name):
         with paths.anonymous_file(parent, mode) as fd:
-            _run(argv + [_fd_path(fd), str(size)], (fd,), path)
+            run_img(argv + [_fd_path(fd), str(size)], (fd,), path)
             os.fsync(fd)
             paths.publish(fd, parent, name, path)
         paths.fsync_directory(parent)
@@ -133,7 +135,7 @@ def convert(src, src_fmt, dst, dst_fmt, mode=0o600):
             _frozen_source(src, src_fmt, parent) as src_fd:
         with paths.anonymous_file(parent, mode) as fd:
             cache = 'none' if _direct_io_works(fd) else 'writeback'
-            _run(['convert', '-q', '-f', images.qemu_name(src_fmt),
+            run_img(['convert', '-q', '-f', images.qemu_name(src_fmt),
                   '-O', dst_fmt, '-t', cache, _fd_path(src_fd),
                   _fd_path(fd)], (src_fd, fd), src)
             os.fsync(fd)

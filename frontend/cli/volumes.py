@@ -45,8 +45,9 @@ class VolumeCreate(base.ShowOne):
         parser.add_argument('--source', metavar='DOMAIN:VOLUME')
         parser.add_argument('--revisions-to-keep', type=int)
         parser.add_argument('--read-only', action='store_true')
-        parser.add_argument('--format', default='raw',
-                            choices=('raw', 'qcow2'))
+        parser.add_argument('--format', choices=('raw', 'qcow2'),
+                            help="the committed image's format (default: "
+                                 "the pool's native one)")
         return parser
 
     def take_action(self, args):
@@ -58,7 +59,7 @@ class VolumeCreate(base.ShowOne):
             'admin.vm.volume.Create', volume=args.volume, pool=args.pool,
             size=units.parse_size(args.size or '0'), kind=args.kind,
             source=args.source, revisions_to_keep=args.revisions_to_keep,
-            rw=not args.read_only)
+            rw=not args.read_only, format=args.format)
         return self.fields(info)
 
 

@@ -1,0 +1,339 @@
+"""The `qcow2` driver: a volume is a backing chain of qcow2 layers over a
+raw or qcow2 base, in its own directory POOL/DOMAIN/VOLUME/:
+
+    L<N>.qcow2, L<N>.raw   committed layers, generation N; each qcow2 layer
+                           is backed by the one below it (absolute path and
+                           explicit backing format); only the base is raw
+    w.qcow2                overlay of a running persistent or volatile volume
+    w@<G>.qcow2            a snapshot's overlay on its source's layer L<G>
+
+Starting a persistent volume puts w.qcow2 on the top layer; stopping renames
+it to the next L<N>, so the old top becomes a revision. Revisions beyond
+revisions_to_keep are merged away from the bottom (block-pull of the base
+into the layer above), never left as orphans. The frontend keeps the record
+of each chain (VolumeConfig.chain, paths relative to the pool); the root
+side checks every header against that record before qemu-img merges
+anything.
+"""
+
+import dataclasses
+import datetime
+import re
+
+from volsep.drivers import base
+from volsep.drivers import directory
+from volsep.drivers import errors
+from volsep.privileged import chain as root_chain
+from volsep.privileged import errors as root_errors
+from volsep.privileged import files
+from volsep.privileged import qemu
+
+_LAYER = re.compile(r'L([0-9]{1,18})\.(raw|qcow2)')
+_OVERLAY = re.compile(r'w(?:@([0-9]{1,18}))?\.qcow2')
+
+
+@dataclasses.dataclass
+class ChainListing:
+    layers: dict = dataclasses.field(default_factory=dict)  # gen -> entry
+    overlay: object = None
+    overlay_source_gen: object = None
+    unknown: list = dataclasses.field(default_factory=list)
+
+
+def parse(entries):
+    listing = ChainListing()
+    for entry in entries:
+        name = entry['name']
+        if entry['type'] != 'file':
+            listing.unknown.append(entry)
+        elif m := _LAYER.fullmatch(name):
+            listing.layers[int(m[1])] = entry
+        elif m := _OVERLAY.fullmatch(name):
+            listing.overlay = entry
+            listing.overlay_source_gen = int(m[1]) if m[1] else None
+        else:
+            listing.unknown.append(entry)
+    return listing
+
+
+def generation(path):
+    return int(_LAYER.fullmatch(path.rsplit('/', 1)[-1])[1])
+
+
+class Qcow2Volume(directory.DirectoryVolume):
+
+    # Not built for chains yet: clear NotSupported errors.
+    revert = base.Volume.revert
+    resize = base.Volume.resize
+    import_begin = base.Volume.import_begin
+    import_write = base.Volume.import_write
+    import_end = base.Volume.import_end
+    import_from = base.Volume.import_from
+    export_begin = base.Volume.export_begin
+    export_read = base.Volume.export_read
+    export_end = base.Volume.export_end
+    clear = base.Volume.clear
+
+    def listing(self, listings=None):
+        if listings is not None:
+            return listings.get(self.config.vid, ChainListing())
+        try:
+            return parse(files.list_dir(self.directory))
+        except root_errors.NotFound:
+            return ChainListing()
+
+    def _relative(self, name):
+        return f'{self.config.domain}/{self.config.name}/{name}'
+
+    def absolute(self, relative):
+        return f'{self.pool.dir_path}/{relative}'
+
+    def recorded(self):
+        """The committed chain as recorded: [[absolute path, format]]."""
+        return [[self.absolute(rel), fmt] for rel, fmt in self.config.chain]
+
+    def set_record(self, absolute_chain):
+        prefix = self.pool.dir_path + '/'
+        if not all(path.startswith(prefix) for path, _ in absolute_chain):
+            raise errors.InvalidArgument('a chain record names a file '
+                                         'outside the pool')
+        self.config.chain = [[path[len(prefix):], fmt]
+                             for path, fmt in absolute_chain]
+
+    def newest_layer(self):
+        """The recorded top if it exists, else the newest layer file."""
+        listing = self.listing()
+        if self.config.chain and \
+                generation(self._top()[0]) in listing.layers:
+            return self._top()
+        if not listing.layers:
+            raise errors.StorageError(f'volume {self.config.address} has no '
+                                      f'layers in {self.directory}')
+        name = listing.layers[max(listing.layers)]['name']
+        return [self._path(name), name.rsplit('.', 1)[1]]
+
+    def _top(self):
+        if not self.config.chain:
+            raise errors.StorageError(
+                f'volume {self.config.address} has no recorded chain')
+        return self.recorded()[0]
+
+    def _overlay_path(self, source_gen=None):
+        name = 'w.qcow2' if source_gen is None else f'w@{source_gen}.qcow2'
+        return self._path(name)
+
+    def attached_format(self):
+        if self.config.kind == 'persistent' and \
+                self.config.revisions_to_keep == -1:
+            return self._top()[1]
+        return 'qcow2'
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def create(self):
+        if self.config.kind != 'persistent':
+            return
+        self._ensure_directory()
+        if self.listing().layers:
+            raise errors.StorageError(
+                f'volume {self.config.address}: layers already exist in '
+                f'{self.directory}')
+        fmt = self.config.format
+        qemu.create(self._path(f'L1.{fmt}'), fmt, self.config.size)
+        self.config.chain = [[self._relative(f'L1.{fmt}'), fmt]]
+
+    def verify(self):
+        volume = self if self.config.kind == 'persistent' else (
+            self.pool.volume(self.config.source)
+            if self.config.kind == 'snapshot' else None)
+        if volume is None:
+            return
+        path, _ = volume._top()
+        if generation(path) not in volume.listing().layers:
+            raise errors.StorageError(f'volume {volume.config.address}: '
+                                      f'top layer {path} is missing')
+
+    def _virtual_size(self, path, fmt):
+        return root_chain.layer(path, fmt)['virtual_size']
+
+    def start(self):
+        kind = self.config.kind
+        if kind == 'persistent':
+            listing = self.tidy()
+            top, fmt = self._top()
+            if self.config.revisions_to_keep == -1:
+                return top
+            if listing.overlay is None:
+                qemu.create(self._overlay_path(), 'qcow2',
+                            self._virtual_size(top, fmt), backing=top,
+                            backing_fmt=fmt)
+            return self._overlay_path()
+        self._ensure_directory()
+        listing = self.listing()
+        if listing.overlay is not None:
+            files.unlink(self._path(listing.overlay['name']))
+        if kind == 'volatile':
+            qemu.create(self._overlay_path(), 'qcow2', self.config.size)
+            return self._overlay_path()
+        top, fmt = self.pool.volume(self.config.source)._top()
+        target = self._overlay_path(generation(top))
+        qemu.create(target, 'qcow2', self._virtual_size(top, fmt),
+                    backing=top, backing_fmt=fmt)
+        return target
+
+    def stop(self):
+        listing = self.listing()
+        if listing.overlay is None:
+            return
+        overlay = self._path(listing.overlay['name'])
+        if self.config.kind != 'persistent':
+            files.unlink(overlay)
+            self._remove_empty_directory()
+            return
+        if self.config.revisions_to_keep == -1:
+            files.unlink(overlay)  # a stale one: the top was written
+            return
+        new = f'L{max(listing.layers, default=0) + 1}.qcow2'
+        files.rename(overlay, self._path(new), noreplace=True)
+        self.config.chain = [[self._relative(new), 'qcow2']] + \
+            self.config.chain
+        self._prune()
+
+    def _prune(self):
+        """Merge the base into the layer above while more revisions are
+        kept than wanted, unless a running snapshot reads through it."""
+        keep = max(self.config.revisions_to_keep, 0)
+        while len(self.config.chain) - 1 > keep:
+            layers = self.recorded()
+            if layers[-1][0] in self.pool.layers_in_use():
+                return
+            self.set_record(root_chain.pull(layers, len(layers) - 2,
+                                         len(layers)))
+
+    def tidy(self, keep_import=False):
+        """Finish what a crash interrupted: adopt a committed overlay the
+        record missed, complete an interrupted prune, drop layers outside
+        the record, prune. Returns the listing. (This driver has no
+        imports, so there is never one to keep.)"""
+        listing = self.listing()
+        if self.config.kind != 'persistent' or not self.config.chain:
+            return listing
+        top, fmt = self._top()
+        for gen in sorted(g for g in listing.layers if g > generation(top)):
+            path = self._path(listing.layers[gen]['name'])
+            if path.endswith('.qcow2'):
+                header = root_chain.layer(path, 'qcow2')
+                if (header['backing'], header['backing_format']) == \
+                        (top, fmt):
+                    self.config.chain.insert(0, [self._relative(
+                        listing.layers[gen]['name']), 'qcow2'])
+                    top, fmt = path, 'qcow2'
+        layers = self.recorded()
+        if len(layers) > 1 and layers[-2][1] == 'qcow2':
+            above = root_chain.layer(*layers[-2])
+            if above['backing'] is None:  # a pull that ended before unlink
+                self.config.chain.pop()
+        kept = {generation(path) for path, _ in self.recorded()}
+        for gen, entry in listing.layers.items():
+            if gen not in kept:
+                files.unlink(self._path(entry['name']))
+        self._prune()
+        return self.listing()
+
+    def needs_attention(self, listing, running):
+        recorded = {generation(p) for p, _ in self.config.chain}
+        keep = max(self.config.revisions_to_keep, 0)
+        return bool((self.config.kind == 'persistent' and
+                     (set(listing.layers) != recorded or
+                      len(self.config.chain) - 1 > keep)) or
+                    (not running and listing.overlay is not None))
+
+    # -- what the disk says ------------------------------------------------
+
+    def revisions(self):
+        listing = self.listing()
+        result = []
+        for path, fmt in reversed(self.recorded()[1:]):
+            entry = listing.layers.get(generation(path))
+            if entry is None:
+                continue
+            moment = datetime.datetime.fromtimestamp(
+                entry['mtime_ns'] / 1e9, datetime.timezone.utc)
+            result.append({'id': generation(path),
+                           'timestamp': moment.strftime('%Y-%m-%dT%H:%M:%SZ'),
+                           'size': self._virtual_size(path, fmt)})
+        return result
+
+    def state(self, listings=None):
+        listing = self.listing(listings)
+        kind = self.config.kind
+        overlay = listing.overlay
+        path = self._path(overlay['name']) if overlay else None
+        fmt = 'qcow2'
+        outdated = False
+        if kind == 'persistent' and self.config.chain:
+            top, top_fmt = self._top()
+            size = self._virtual_size(top, top_fmt) if \
+                generation(top) in listing.layers else 0
+            if overlay is None:
+                path, fmt = top, top_fmt
+        elif kind == 'snapshot':
+            source = self.pool.volume(self.config.source)
+            top, top_fmt = source._top()
+            size = self._virtual_size(top, top_fmt)
+            outdated = overlay is not None and \
+                listing.overlay_source_gen != generation(top)
+        else:
+            size = self.config.size
+        usage = sum(e['allocated'] for e in listing.layers.values())
+        if overlay is not None:
+            usage += overlay['allocated']
+        return {'size': size, 'usage': usage, 'format': fmt,
+                'is_dirty': kind == 'persistent' and overlay is not None,
+                'is_outdated': outdated, 'path': path,
+                'import_pending': False,
+                'has_working_copy': overlay is not None}
+
+    def chain(self):
+        """The attached image and everything below it, top first."""
+        listing = self.listing()
+        kind = self.config.kind
+        if kind == 'persistent':
+            below = self.recorded()
+        elif kind == 'snapshot' and listing.overlay is not None:
+            source = self.pool.volume(self.config.source).recorded()
+            gens = [generation(p) for p, _ in source]
+            start = gens.index(listing.overlay_source_gen) \
+                if listing.overlay_source_gen in gens else 0
+            below = source[start:]
+        else:
+            below = []
+        if listing.overlay is not None and not (
+                kind == 'persistent' and self.config.revisions_to_keep == -1):
+            return [[self._path(listing.overlay['name']), 'qcow2']] + below
+        return below
+
+
+class Qcow2Pool(directory.DirectoryPool):
+    driver = 'qcow2'
+    volume_class = Qcow2Volume
+    capabilities = dataclasses.replace(
+        base.Capabilities(), volume_formats=('raw', 'qcow2'), chains=True)
+
+    def listings(self):
+        try:
+            tree = files.list_tree(self.dir_path, 2)
+        except root_errors.NotFound:
+            return {}
+        return {vid: parse(entries) for vid, entries in tree.items()}
+
+    def layers_in_use(self):
+        """Layers that running snapshot overlays of this pool read through
+        (their direct backing files)."""
+        used = set()
+        for vid, listing in self.listings().items():
+            if listing.overlay is not None and \
+                    listing.overlay_source_gen is not None:
+                overlay = f'{self.dir_path}/{vid}/{listing.overlay["name"]}'
+                used.add(root_chain.layer(overlay, 'qcow2')['backing'])
+        return used

@@ -1,0 +1,197 @@
+"""Backing chains of a pool's own images: what a layer's header says, and
+offline block-commit and block-pull.
+
+A chain is a list of [path, format] pairs, top first. Before qemu-img
+touches one, every layer is opened beneath an allowed root without
+symlinks, must be a single-link regular file that passes the image rules
+(a backing file is allowed here, nothing else is), and each layer's header
+must name exactly the next layer, by absolute path and with exactly its
+format; the base has no backing file; no layer appears twice. Headers are
+read here in Python with the format the layer above recorded, never probed
+and never by `qemu-img info --backing-chain`. qemu-img then opens backing
+files by those checked names: pool directories belong to root and nothing
+volsep does creates a symlink, so the names lead where they were checked.
+"""
+
+import os
+import struct
+
+from volsep.privileged import audit
+from volsep.privileged import contexts
+from volsep.privileged import errors
+from volsep.privileged import files
+from volsep.privileged import images
+from volsep.privileged import paths
+from volsep.privileged import qemu
+from volsep.privileged import validate
+
+LAYER_FORMATS = ('raw', 'qcow2')
+MAX_LAYERS = 64
+_HEADER = struct.Struct('>4sIQII')
+_EXTENSION = struct.Struct('>II')
+_BACKING_FORMAT_EXTENSION = 0xE2792ACA
+_V2_HEADER_LENGTH = 72
+_MAX_BACKING_NAME = 1023   # qemu's own limit
+
+
+def _unsafe(path, reason):
+    return errors.UnsafeImage(f'{path}: {reason}')
+
+
+def _qcow2_backing(fd, path):
+    """(backing file, backing format) as the first cluster states them."""
+    _magic, version, bf_offset, bf_size, cluster_bits = _HEADER.unpack(
+        os.pread(fd, _HEADER.size, 0))
+    first = os.pread(fd, 1 << cluster_bits, 0)
+    header_length = (_V2_HEADER_LENGTH if version == 2 else
+                     struct.unpack_from('>I', first, 100)[0])
+    if not _V2_HEADER_LENGTH <= header_length <= len(first) - 8:
+        raise _unsafe(path, f'qcow2 header length {header_length} is out of '
+                            f'range')
+    backing_format, offset = None, header_length
+    while True:
+        if offset + _EXTENSION.size > len(first):
+            raise _unsafe(path, 'qcow2 header extensions run past the first '
+                                'cluster')
+        kind, length = _EXTENSION.unpack_from(first, offset)
+        if kind == 0:
+            break
+        data = first[offset + 8:offset + 8 + length]
+        if len(data) != length:
+            raise _unsafe(path, 'a qcow2 header extension runs past the '
+                                'first cluster')
+        if kind == _BACKING_FORMAT_EXTENSION:
+            backing_format = data.decode('ascii', errors='replace')
+        offset += 8 + length + (-length % 8)
+    if bf_offset == 0:
+        return None, backing_format
+    if not 0 < bf_size <= _MAX_BACKING_NAME or \
+            bf_offset + bf_size > len(first):
+        raise _unsafe(path, 'qcow2 backing file name is out of bounds')
+    try:
+        backing = first[bf_offset:bf_offset + bf_size].decode('utf-8')
+    except UnicodeDecodeError:
+        raise _unsafe(path, 'qcow2 backing file name is not UTF-8') from None
+    return backing, backing_format
+
+
+def _describe(fd, st, path, fmt):
+    if fmt == 'raw':  # never probed, whatever its first bytes say
+        return {'path': path, 'format': 'raw', 'virtual_size': st.st_size,
+                'backing': None, 'backing_format': None}
+    inspection = images.inspect_fd(fd, 'qcow2', validate.MAX_SIZE,
+                                   allow_backing=True)
+    backing, backing_format = _qcow2_backing(fd, path)
+    return {'path': path, 'format': 'qcow2',
+            'virtual_size': inspection.virtual_size, 'backing': backing,
+            'backing_format': backing_format}
+
+
+@contexts.file_ops.entrypoint
+@audit.audited
+def layer(path, fmt):
+    """What one layer's header says: {path, format, virtual_size, backing,
+    backing_format}; read with the format its parent recorded."""
+    validate.choice(fmt, LAYER_FORMATS, 'layer format')
+    with paths.regular_file(path, os.O_RDONLY) as (fd, st):
+        return _describe(fd, st, path, fmt)
+
+
+def _parse(layers):
+    # msgpack, under oslo.privsep, may deliver a list as a tuple.
+    if type(layers) not in (list, tuple) or \
+            not 1 <= len(layers) <= MAX_LAYERS:
+        raise errors.InvalidArgument(
+            f'a chain is a list of 1 to {MAX_LAYERS} [path, format] pairs')
+    parsed = []
+    for item in layers:
+        if type(item) not in (list, tuple) or len(item) != 2:
+            raise errors.InvalidArgument(f'chain layer {item!r} is not a '
+                                         f'[path, format] pair')
+        path, fmt = item
+        paths.split_beneath_root(path)
+        parsed.append((path, validate.choice(fmt, LAYER_FORMATS,
+                                             'layer format')))
+    if len({path for path, _ in parsed}) != len(parsed):
+        raise errors.ChainMismatch('a layer appears twice in the chain (a '
+                                   'cycle)')
+    return parsed
+
+
+def _verified(layers):
+    """The chain as given, after checking every header against it."""
+    chain = _parse(layers)
+    for index, (path, fmt) in enumerate(chain):
+        with paths.regular_file(path, os.O_RDONLY) as (fd, st):
+            found = _describe(fd, st, path, fmt)
+        expected = chain[index + 1] if index + 1 < len(chain) else \
+            (None, None)
+        if (found['backing'], found['backing_format']) != expected:
+            raise errors.ChainMismatch(
+                f'{path}: its header names backing {found["backing"]!r} '
+                f'({found["backing_format"]}), not {expected[0]!r} '
+                f'({expected[1]})')
+    return chain
+
+
+def _index(value, low, high, name):
+    if type(value) is not int or not low <= value <= high:
+        raise errors.InvalidArgument(f'{name} must be an integer in '
+                                     f'{low}..{high}, not {value!r}')
+    return value
+
+
+def _fsync(path):
+    with paths.regular_file(path, os.O_RDONLY, single_link=False) as (fd, _):
+        os.fsync(fd)
+
+
+@contexts.long_jobs.entrypoint
+@audit.audited
+def commit(layers, top, base):
+    """Offline block-commit: merge layers top..base-1 into base; the layer
+    above top is then backed by base. Returns the new chain."""
+    chain = _verified(layers)
+    base = _index(base, 1, len(chain) - 1, 'base')
+    top = _index(top, 0, base - 1, 'top')
+    base_path, base_fmt = chain[base]
+    qemu.run_img(['commit', '-q', '-f', 'qcow2', '-t', 'writeback', '-d',
+                  '-b', base_path, chain[top][0]], (), chain[top][0])
+    _fsync(base_path)
+    # Until the layer above is rebased, it still reads through the old
+    # layers, whose data base now also holds: the content seen from the
+    # top is the same at every step.
+    if top > 0:
+        above = chain[top - 1][0]
+        qemu.run_img(['rebase', '-q', '-u', '-f', 'qcow2', '-b', base_path,
+                      '-F', base_fmt, above], (), above)
+        _fsync(above)
+    for path, _ in chain[top:base]:
+        files.remove_file(path)
+    return [list(layer) for layer in chain[:top] + chain[base:]]
+
+
+@contexts.long_jobs.entrypoint
+@audit.audited
+def pull(layers, top, base):
+    """Offline block-pull: copy into layer top the data of layers
+    top+1..base-1, then back it by base (base == len(layers): by nothing,
+    a standalone image). Returns the new chain."""
+    chain = _verified(layers)
+    base = _index(base, 1, len(chain), 'base')
+    top = _index(top, 0, base - 1, 'top')
+    if chain[top][1] != 'qcow2':
+        raise errors.InvalidArgument('only a qcow2 layer can receive data')
+    top_path = chain[top][0]
+    if base == len(chain):
+        backing = ['-b', '']
+    else:
+        backing = ['-b', chain[base][0], '-F', chain[base][1]]
+    # A safe rebase writes every cluster that differs between the old and
+    # the new backing into top before switching its header.
+    qemu.run_img(['rebase', '-q', '-f', 'qcow2', '-t', 'writeback',
+                  *backing, top_path], (), top_path)
+    _fsync(top_path)
+    for path, _ in chain[top + 1:base]:
+        files.remove_file(path)
+    return [list(layer) for layer in chain[:top + 1] + chain[base:]]
