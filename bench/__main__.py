@@ -2,6 +2,7 @@
 
 import sys
 
+from bench import chains
 from bench import images
 from bench import privileged_calls
 from bench import service
@@ -16,6 +17,8 @@ BENCHMARKS = {
     'ten-thousand': service.ten_thousand,
     'image-inspection': images.inspection,
     'qcow2-import': images.qcow2_import,
+    'chain-validation': chains.validation,
+    'chain-merges': chains.merges,
 }
 
 

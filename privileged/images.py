@@ -15,6 +15,7 @@ never probed: raw content is bytes, whatever headers it contains.
 """
 
 import dataclasses
+import logging
 import os
 import struct
 
@@ -30,6 +31,9 @@ QEMU_NAMES = {'vhd': 'vpc'}
 METADATA_LIMIT = 32 << 20
 _QCOW2_HEADER = struct.Struct('>4sIQIIQIIQQIIQ')
 _READ_CHUNK = 1 << 20
+# Its warnings repeat what UnsafeImage says (and a chain layer's allowed
+# backing file is not worth one).
+logging.getLogger(format_inspector.__name__).setLevel(logging.ERROR)
 # An inspector only captures regions it knew of before a chunk plus those
 # the chunk revealed, not regions revealed by those (VHDX: region table ->
 # metadata region -> entries): small pieces keep each step in a later one.
