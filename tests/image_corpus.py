@@ -55,6 +55,10 @@ def pattern_raw(path, size=8 * MiB):
     return path
 
 
+def empty_qcow2(directory):
+    return _qcow2(directory, 'empty.qcow2')
+
+
 def _qcow2(directory, name, size='16M'):
     path = f'{directory}/{name}'
     qemu_img('create', '-q', '-f', 'qcow2', path, size)
@@ -285,3 +289,8 @@ def host_bytes_in(data):
     with open(HOST_FILE, 'rb') as f:
         probe = f.read(64)
     return probe in data
+
+
+def file_bytes(path):
+    with open(path, 'rb') as f:
+        return f.read()

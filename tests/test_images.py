@@ -8,8 +8,10 @@ it was and no byte of the host file reaches it. Every benign image imports
 and exports with the guest-visible content unchanged (qemu-img compare).
 """
 
+import collections
 import os
 import subprocess
+import threading
 
 import pytest
 
@@ -173,3 +175,40 @@ def test_benign_images_round_trip(case, service, rig, tmp_path):
     if case.declared == 'raw':  # never probed: byte-exact, headers and all
         with open(source, 'rb') as f:
             assert raw == f.read()
+
+
+def test_convert_checks_exactly_what_qemu_img_reads(tmp_path, xfs_dir, rig):
+    """A compromised frontend rewrites the upload between benign and
+    hostile headers while the root side converts it: the root side converts
+    the private clone it checked, so the host file never leaks."""
+    # Same layout, only the first cluster differs: with the hostile one,
+    # every unallocated guest byte is read from the host file.
+    good = corpus.file_bytes(corpus.empty_qcow2(str(tmp_path)))
+    bad = corpus.file_bytes(corpus.qcow2_backing_host_file(
+        str(tmp_path)))[:64 << 10]
+    upload = f'{xfs_dir}/upload'
+    rig.write(upload, good)
+    stop = threading.Event()
+
+    def flip():
+        while not stop.is_set():
+            rig.pwrite(upload, 0, bad)
+            rig.pwrite(upload, 0, good[:64 << 10])
+    flipper = threading.Thread(target=flip)
+    flipper.start()
+    outcomes = collections.Counter()
+    try:
+        for i in range(40):
+            out = f'{xfs_dir}/out{i}.raw'
+            try:
+                qemu.convert(upload, 'qcow2', out, 'raw')
+            except errors.PrivilegedError as err:
+                outcomes[type(err).__name__] += 1
+                continue
+            outcomes['converted'] += 1
+            assert not corpus.host_bytes_in(rig.read(out))
+    finally:
+        stop.set()
+        flipper.join()
+    assert sum(outcomes.values()) == 40
+    assert set(outcomes) <= {'converted', 'UnsafeImage', 'InvalidImage'}
