@@ -1,8 +1,13 @@
 """libvirt XML for volsep's storage, built with lxml: a domain's <disk>
 elements with their full nested <backingStore> chains, and <pool> and
 <volume> descriptions in the shape `virsh pool-dumpxml` and
-`virsh vol-dumpxml` print. Everything volsep stores is a file today, so
-every source is <source file=...>."""
+`virsh vol-dumpxml` print.
+
+A level of a chain is [source, format]. The source is a path (a file), or a
+dict for the other kinds libvirt knows: {"type": "block", "dev": PATH} or
+{"type": "network", "protocol": "rbd", "name": "POOL/IMAGE",
+"hosts": [[HOST, PORT], ...]}. volsep's drivers store files today; the
+others are for drivers on block devices and Ceph."""
 
 from lxml import etree
 
@@ -15,19 +20,39 @@ def target_name(index):
     return f'vd{_TARGETS[index]}'
 
 
+def _kind(source):
+    return 'file' if isinstance(source, str) else source['type']
+
+
+def _source(parent, source):
+    kind = _kind(source)
+    if kind == 'file':
+        etree.SubElement(parent, 'source', file=source)
+    elif kind == 'block':
+        etree.SubElement(parent, 'source', dev=source['dev'])
+    elif kind == 'network':
+        element = etree.SubElement(parent, 'source',
+                                   protocol=source['protocol'],
+                                   name=source['name'])
+        for host, port in source.get('hosts', ()):
+            etree.SubElement(element, 'host', name=host, port=str(port))
+    else:
+        raise ValueError(f'unknown source type {kind!r}')
+
+
 def disk(chain, target, read_only=False):
-    """``chain``: [[path, format], ...], the attached image first. Every
+    """``chain``: [[source, format], ...], the attached image first. Every
     level below it is a <backingStore> with its <format>; an empty
     <backingStore/> says the chain ends there."""
     (top, top_format), below = chain[0], chain[1:]
-    element = etree.Element('disk', type='file', device='disk')
+    element = etree.Element('disk', type=_kind(top), device='disk')
     etree.SubElement(element, 'driver', name='qemu', type=top_format)
-    etree.SubElement(element, 'source', file=top)
+    _source(element, top)
     parent = element
-    for path, fmt in below:
-        parent = etree.SubElement(parent, 'backingStore', type='file')
+    for source, fmt in below:
+        parent = etree.SubElement(parent, 'backingStore', type=_kind(source))
         etree.SubElement(parent, 'format', type=fmt)
-        etree.SubElement(parent, 'source', file=path)
+        _source(parent, source)
     etree.SubElement(parent, 'backingStore')
     etree.SubElement(element, 'target', dev=target, bus='virtio')
     if read_only:
