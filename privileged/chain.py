@@ -8,11 +8,18 @@ symlinks, must be a single-link regular file that passes the image rules
 must name exactly the next layer, by absolute path and with exactly its
 format; the base has no backing file; no layer appears twice. Headers are
 read here in Python with the format the layer above recorded, never probed
-and never by `qemu-img info --backing-chain`. qemu-img then opens backing
-files by those checked names: pool directories belong to root and nothing
-volsep does creates a symlink, so the names lead where they were checked.
+and never by `qemu-img info --backing-chain`.
+
+The layers stay open, and held in use (inuse.py), from the check until the
+job ends, so no entrypoint can rewrite, rename, link or unlink them under
+it. qemu-img gets the job's layer as its checked descriptor and opens the
+layers below by the names in the headers, but it runs confined to the
+checked inodes (confined.py): a name that leads anywhere else, or a header
+changed to name a host file or an external data file, is refused by the
+kernel. It may write only the layers the job changes.
 """
 
+import contextlib
 import os
 import struct
 
@@ -21,6 +28,7 @@ from volsep.privileged import contexts
 from volsep.privileged import errors
 from volsep.privileged import files
 from volsep.privileged import images
+from volsep.privileged import inuse
 from volsep.privileged import paths
 from volsep.privileged import qemu
 from volsep.privileged import validate
@@ -118,20 +126,43 @@ def _parse(layers):
     return parsed
 
 
-def _verified(layers):
-    """The chain as given, after checking every header against it."""
+class _Layer:
+    def __init__(self, path, fmt, fd, st):
+        self.path, self.fmt, self.fd, self.st = path, fmt, fd, st
+
+
+@contextlib.contextmanager
+def _checked(layers):
+    """The chain as given, every layer open and held in use (so no
+    entrypoint can change it) while its header is checked against the
+    chain and for as long as the caller works on it."""
     chain = _parse(layers)
-    for index, (path, fmt) in enumerate(chain):
-        with paths.regular_file(path, os.O_RDONLY) as (fd, st):
-            found = _describe(fd, st, path, fmt)
-        expected = chain[index + 1] if index + 1 < len(chain) else \
-            (None, None)
-        if (found['backing'], found['backing_format']) != expected:
-            raise errors.ChainMismatch(
-                f'{path}: its header names backing {found["backing"]!r} '
-                f'({found["backing_format"]}), not {expected[0]!r} '
-                f'({expected[1]})')
-    return chain
+    with contextlib.ExitStack() as stack:
+        opened = []
+        for path, fmt in chain:
+            fd, st = stack.enter_context(paths.regular_file(path, os.O_RDWR))
+            inuse.hold(fd, path)
+            opened.append(_Layer(path, fmt, fd, st))
+        for index, layer in enumerate(opened):
+            found = _describe(layer.fd, layer.st, layer.path, layer.fmt)
+            expected = chain[index + 1] if index + 1 < len(chain) else \
+                (None, None)
+            if (found['backing'], found['backing_format']) != expected:
+                raise errors.ChainMismatch(
+                    f'{layer.path}: its header names backing '
+                    f'{found["backing"]!r} ({found["backing_format"]}), not '
+                    f'{expected[0]!r} ({expected[1]})')
+        yield opened
+
+
+def _run(argv, opened, target, writable):
+    """qemu-img on ``target`` (given as its checked descriptor), able to
+    open the chain's checked inodes only, and to write only ``writable``."""
+    written = {layer.fd for layer in writable}
+    qemu.run_img(argv + [qemu.fd_path(target.fd)], target.path,
+                 readable=[layer.fd for layer in opened
+                           if layer.fd not in written],
+                 writable=sorted(written))
 
 
 def _index(value, low, high, name):
@@ -141,34 +172,30 @@ def _index(value, low, high, name):
     return value
 
 
-def _fsync(path):
-    with paths.regular_file(path, os.O_RDONLY, single_link=False) as (fd, _):
-        os.fsync(fd)
-
-
 @contexts.long_jobs.entrypoint
 @audit.audited
 def commit(layers, top, base):
     """Offline block-commit: merge layers top..base-1 into base; the layer
     above top is then backed by base. Returns the new chain."""
-    chain = _verified(layers)
-    base = _index(base, 1, len(chain) - 1, 'base')
-    top = _index(top, 0, base - 1, 'top')
-    base_path, base_fmt = chain[base]
-    qemu.run_img(['commit', '-q', '-f', 'qcow2', '-t', 'writeback', '-d',
-                  '-b', base_path, chain[top][0]], (), chain[top][0])
-    _fsync(base_path)
-    # Until the layer above is rebased, it still reads through the old
-    # layers, whose data base now also holds: the content seen from the
-    # top is the same at every step.
-    if top > 0:
-        above = chain[top - 1][0]
-        qemu.run_img(['rebase', '-q', '-u', '-f', 'qcow2', '-b', base_path,
-                      '-F', base_fmt, above], (), above)
-        _fsync(above)
-    for path, _ in chain[top:base]:
-        files.remove_file(path)
-    return [list(layer) for layer in chain[:top] + chain[base:]]
+    with _checked(layers) as chain:
+        base = _index(base, 1, len(chain) - 1, 'base')
+        top = _index(top, 0, base - 1, 'top')
+        _run(['commit', '-q', '-f', 'qcow2', '-t', 'writeback', '-d', '-b',
+              chain[base].path], chain, chain[top], chain[top:base + 1])
+        os.fsync(chain[base].fd)
+        # Until the layer above is rebased, it still reads through the old
+        # layers, whose data base now also holds: the content seen from the
+        # top is the same at every step.
+        if top > 0:
+            above = chain[top - 1]
+            _run(['rebase', '-q', '-u', '-f', 'qcow2', '-b',
+                  chain[base].path, '-F', chain[base].fmt], chain, above,
+                 [above])
+            os.fsync(above.fd)
+        for layer in chain[top:base]:
+            files.remove_file(layer.path, held=layer.st)
+        return [[layer.path, layer.fmt]
+                for layer in chain[:top] + chain[base:]]
 
 
 @contexts.long_jobs.entrypoint
@@ -177,21 +204,22 @@ def pull(layers, top, base):
     """Offline block-pull: copy into layer top the data of layers
     top+1..base-1, then back it by base (base == len(layers): by nothing,
     a standalone image). Returns the new chain."""
-    chain = _verified(layers)
-    base = _index(base, 1, len(chain), 'base')
-    top = _index(top, 0, base - 1, 'top')
-    if chain[top][1] != 'qcow2':
-        raise errors.InvalidArgument('only a qcow2 layer can receive data')
-    top_path = chain[top][0]
-    if base == len(chain):
-        backing = ['-b', '']
-    else:
-        backing = ['-b', chain[base][0], '-F', chain[base][1]]
-    # A safe rebase writes every cluster that differs between the old and
-    # the new backing into top before switching its header.
-    qemu.run_img(['rebase', '-q', '-f', 'qcow2', '-t', 'writeback',
-                  *backing, top_path], (), top_path)
-    _fsync(top_path)
-    for path, _ in chain[top + 1:base]:
-        files.remove_file(path)
-    return [list(layer) for layer in chain[:top + 1] + chain[base:]]
+    with _checked(layers) as chain:
+        base = _index(base, 1, len(chain), 'base')
+        top = _index(top, 0, base - 1, 'top')
+        if chain[top].fmt != 'qcow2':
+            raise errors.InvalidArgument('only a qcow2 layer can receive '
+                                         'data')
+        if base == len(chain):
+            backing = ['-b', '']
+        else:
+            backing = ['-b', chain[base].path, '-F', chain[base].fmt]
+        # A safe rebase writes every cluster that differs between the old
+        # and the new backing into top before switching its header.
+        _run(['rebase', '-q', '-f', 'qcow2', '-t', 'writeback', *backing],
+             chain, chain[top], [chain[top]])
+        os.fsync(chain[top].fd)
+        for layer in chain[top + 1:base]:
+            files.remove_file(layer.path, held=layer.st)
+        return [[layer.path, layer.fmt]
+                for layer in chain[:top + 1] + chain[base:]]

@@ -65,3 +65,21 @@ class ChainMismatch(PrivilegedError):
 
 class ConfigurationError(PrivilegedError):
     error_class = 'StorageError'
+
+
+class ConfinementFailed(PrivilegedError):
+    """A helper could not be confined, so it was not run."""
+
+    error_class = 'StorageError'
+
+
+class InUse(PrivilegedError):
+    """The file is being read or written by a running root job."""
+
+    error_class = 'VolumeBusy'
+
+
+class UnknownEntrypoint(PrivilegedError):
+    """A request named something that is not a volsep entrypoint."""
+
+    error_class = 'PermissionDenied'

@@ -15,6 +15,7 @@ from volsep.privileged import audit
 from volsep.privileged import contexts
 from volsep.privileged import copying
 from volsep.privileged import errors
+from volsep.privileged import inuse
 from volsep.privileged import paths
 from volsep.privileged import validate
 
@@ -92,6 +93,7 @@ def truncate(path, size, allow_shrink=False):
     validate.size(size)
     validate.flag(allow_shrink, 'allow_shrink')
     with paths.regular_file(path, os.O_WRONLY) as (fd, st):
+        inuse.claim(fd, path)
         if size < st.st_size and not allow_shrink:
             raise errors.InvalidArgument(
                 f'{path}: shrinking from {st.st_size} to {size} bytes '
@@ -110,6 +112,7 @@ def write_at(path, offset, data):
         raise errors.InvalidArgument(
             f'data must be bytes of at most {validate.MAX_CHUNK}')
     with paths.regular_file(path, os.O_WRONLY) as (fd, st):
+        inuse.claim(fd, path)
         if offset + len(data) > st.st_size:
             raise errors.InvalidArgument(
                 f'{path}: writing {len(data)} bytes at {offset} passes its '
@@ -149,14 +152,17 @@ def rename(src, dst, noreplace=False):
             if noreplace:
                 raise errors.AlreadyExists(f'{dst}: already exists')
             paths.check_regular(dst, existing, single_link=False)
-        try:
-            _renameat2(src_parent, src_name, dst_parent, dst_name,
-                       _RENAME_NOREPLACE if noreplace else 0)
-        except OSError as err:
-            if err.errno == errno.EEXIST:
-                raise errors.AlreadyExists(f'{dst}: already exists') from None
-            raise errors.PrivilegedError(
-                f'rename {src} -> {dst}: {err.strerror}') from None
+        with inuse.claimed_name(src_parent, src_name, src), \
+                inuse.claimed_name(dst_parent, dst_name, dst):
+            try:
+                _renameat2(src_parent, src_name, dst_parent, dst_name,
+                           _RENAME_NOREPLACE if noreplace else 0)
+            except OSError as err:
+                if err.errno == errno.EEXIST:
+                    raise errors.AlreadyExists(
+                        f'{dst}: already exists') from None
+                raise errors.PrivilegedError(
+                    f'rename {src} -> {dst}: {err.strerror}') from None
         _fsync_dirs(src_parent, dst_parent)
 
 
@@ -167,11 +173,13 @@ def link(src, dst):
     with paths.parent_of(src) as (src_parent, src_name), \
             paths.parent_of(dst) as (dst_parent, dst_name):
         paths.check_regular(src, paths.lstat_in(src_parent, src_name, src))
-        try:
-            os.link(src_name, dst_name, src_dir_fd=src_parent,
-                    dst_dir_fd=dst_parent, follow_symlinks=False)
-        except FileExistsError:
-            raise errors.AlreadyExists(f'{dst}: already exists') from None
+        with inuse.claimed_name(src_parent, src_name, src):
+            try:
+                os.link(src_name, dst_name, src_dir_fd=src_parent,
+                        dst_dir_fd=dst_parent, follow_symlinks=False)
+            except FileExistsError:
+                raise errors.AlreadyExists(
+                    f'{dst}: already exists') from None
         _fsync_dirs(dst_parent)
 
 
@@ -182,12 +190,20 @@ def unlink(path):
     remove_file(path)
 
 
-def remove_file(path):
-    """unlink's work, for other root-side modules (not an entrypoint)."""
+def remove_file(path, held=None):
+    """unlink's work, for other root-side modules (not an entrypoint).
+    ``held``: the stat of an inode the caller itself holds in use; the
+    name is removed only while it still leads to that inode."""
     with paths.parent_of(path) as (parent, name):
-        paths.check_regular(path, paths.lstat_in(parent, name, path),
-                            single_link=False)
-        os.unlink(name, dir_fd=parent)
+        st = paths.lstat_in(parent, name, path)
+        paths.check_regular(path, st, single_link=False)
+        if held is not None:
+            if (st.st_dev, st.st_ino) != (held.st_dev, held.st_ino):
+                raise errors.InUse(f'{path}: was replaced while in use')
+            os.unlink(name, dir_fd=parent)
+        else:
+            with inuse.claimed_name(parent, name, path):
+                os.unlink(name, dir_fd=parent)
         paths.fsync_directory(parent)
 
 

@@ -20,6 +20,7 @@ from volsep.privileged import contexts
 from volsep.privileged import copying
 from volsep.privileged import errors
 from volsep.privileged import images
+from volsep.privileged import inuse
 from volsep.privileged import paths
 from volsep.privileged import validate
 
@@ -32,17 +33,18 @@ _LIMIT_MESSAGES = ('Cannot allocate memory', 'Failed to allocate',
                    'out of memory')
 
 
-def _fd_path(fd):
+def fd_path(fd):
     return f'/dev/fd/{fd}'
 
 
-def run_img(argv, pass_fds, what):
-    """qemu-img confined, its failures mapped to LimitsExceeded or
-    InvalidImage."""
+def run_img(argv, what, readable=(), writable=()):
+    """qemu-img confined to the ``readable`` and ``writable`` descriptors,
+    its failures mapped to LimitsExceeded or InvalidImage."""
     conf = config.load()
     result = confined.run(
         [QEMU_IMG] + argv, cpu_seconds=conf.qemu_img_cpu_seconds,
-        address_space=conf.qemu_img_address_space, pass_fds=pass_fds)
+        address_space=conf.qemu_img_address_space, readable=readable,
+        writable=writable)
     if result.returncode == 0:
         return result.stdout
     message = result.stderr.strip().splitlines()[-1:] or ['']
@@ -60,12 +62,14 @@ def info(path, fmt):
     """`qemu-img info` of one image with a declared format, as a dict."""
     validate.choice(fmt, images.FORMATS, 'format')
     with paths.regular_file(path, os.O_RDONLY) as (fd, _):
-        # info copies no data, so the check runs on the file itself rather
-        # than on a frozen copy as convert does.
+        # info copies no data, so the check runs on the file itself, held
+        # in use so that it cannot change, rather than on a frozen copy as
+        # convert does.
+        inuse.hold(fd, path)
         if fmt != 'raw':
             images.inspect_fd(fd, fmt, validate.MAX_SIZE)
         out = run_img(['info', '-f', images.qemu_name(fmt), '--force-share',
-                    '--output=json', _fd_path(fd)], (fd,), path)
+                       '--output=json', fd_path(fd)], path, readable=(fd,))
     try:
         data = json.loads(out)
     except ValueError:
@@ -103,7 +107,7 @@ def create(path, fmt, size, backing=None, backing_fmt=None, mode=0o600):
         argv += ['-u', '-b', backing, '-F', backing_fmt]
     with paths.parent_of(path) as (parent, name):
         with paths.anonymous_file(parent, mode) as fd:
-            run_img(argv + [_fd_path(fd), str(size)], (fd,), path)
+            run_img(argv + [fd_path(fd), str(size)], path, writable=(fd,))
             os.fsync(fd)
             paths.publish(fd, parent, name, path)
         paths.fsync_directory(parent)
@@ -116,7 +120,10 @@ def _frozen_source(src, fmt, parent):
     passes the image rules, so what was checked is what qemu-img reads."""
     with paths.regular_file(src, os.O_RDONLY) as (src_fd, st):
         if fmt == 'raw':
-            yield src_fd  # raw is never interpreted, only copied
+            # Never interpreted, only copied: held in use so that a
+            # racing write cannot tear the copy.
+            inuse.hold(src_fd, src)
+            yield src_fd
             return
         with paths.anonymous_file(parent, 0o600) as frozen:
             copying.clone_or_copy(src_fd, frozen, st.st_size, 'auto')
@@ -136,8 +143,8 @@ def convert(src, src_fmt, dst, dst_fmt, mode=0o600):
         with paths.anonymous_file(parent, mode) as fd:
             cache = 'none' if _direct_io_works(fd) else 'writeback'
             run_img(['convert', '-q', '-f', images.qemu_name(src_fmt),
-                  '-O', dst_fmt, '-t', cache, _fd_path(src_fd),
-                  _fd_path(fd)], (src_fd, fd), src)
+                     '-O', dst_fmt, '-t', cache, fd_path(src_fd),
+                     fd_path(fd)], src, readable=(src_fd,), writable=(fd,))
             os.fsync(fd)
             paths.publish(fd, parent, name, dst)
         paths.fsync_directory(parent)

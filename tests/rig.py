@@ -174,13 +174,67 @@ def swap_loop(directory, name, decoy_target, iterations):
     os.unlink(spare_link)
 
 
+def _children():
+    pids = []
+    for tid in os.listdir('/proc/self/task'):
+        with open(f'/proc/self/task/{tid}/children') as f:
+            pids += [int(pid) for pid in f.read().split()]
+    return pids
+
+
 @ctx.entrypoint
-def confined_status(argv):
-    """Run argv through volsep's confinement from this full-root process."""
+def confined_status(readable=(), writable=()):
+    """Start `sleep` through volsep's confinement from this full-root
+    process and read its /proc status and limits from outside (inside,
+    the child may not open them)."""
+    import threading
+    import time
     from volsep.privileged import confined
-    result = confined.run(list(argv), cpu_seconds=10,
-                          address_space=512 << 20)
-    return result.returncode, result.stdout, result.stderr
+    before = set(_children())
+    done = {}
+    worker = threading.Thread(target=lambda: done.setdefault(
+        'result', confined.run(['/usr/bin/sleep', '2'], cpu_seconds=10,
+                               address_space=512 << 20,
+                               readable=readable, writable=writable)))
+    worker.start()
+    try:
+        for _ in range(200):
+            new = set(_children()) - before
+            if new:
+                pid = new.pop()
+                time.sleep(0.2)  # past exec
+                with open(f'/proc/{pid}/status') as f:
+                    status = f.read()
+                with open(f'/proc/{pid}/limits') as f:
+                    limits = f.read()
+                return status, limits
+            time.sleep(0.01)
+        raise RuntimeError('the confined child never appeared')
+    finally:
+        worker.join()
+
+
+@ctx.entrypoint
+def confined_open(path, flags, readable_paths=(), writable_paths=()):
+    """Open ``path`` from a child confined to the files at
+    ``readable_paths``/``writable_paths`` (opened here, as the root side
+    would): the child's exit status and stderr."""
+    from volsep.privileged import confined
+    fds = {}
+    try:
+        for name in tuple(readable_paths) + tuple(writable_paths):
+            fds[name] = os.open(name, os.O_RDWR if name in writable_paths
+                                else os.O_RDONLY)
+        code = (f'import os; os.close(os.open({path!r}, {flags!r}))')
+        result = confined.run(
+            ['/usr/bin/python3', '-I', '-S', '-c', code], cpu_seconds=10,
+            address_space=1 << 30,
+            readable=[fds[n] for n in readable_paths],
+            writable=[fds[n] for n in writable_paths])
+        return result.returncode, result.stderr
+    finally:
+        for fd in fds.values():
+            os.close(fd)
 
 
 @ctx.entrypoint
