@@ -25,12 +25,14 @@ from oslo_log import log as logging
 from volsep.frontend import api as api_module
 from volsep.frontend import events
 from volsep.frontend import manager as manager_module
+from volsep.frontend import ownership
 from volsep.frontend import policy as policy_module
 from volsep.frontend import privsep_start
 from volsep.frontend import protocol
 from volsep.privileged import config as root_config
 from volsep.privileged import contexts
 from volsep.privileged import files
+from volsep.privileged import guard
 
 LOG = logging.getLogger('volsep.daemon')
 CONF = cfg.CONF
@@ -47,6 +49,12 @@ OPTS = [
     cfg.StrOpt('privileged-config',
                help='Root-owned configuration of the privileged side '
                     '(default: STATE_DIR/privileged.conf, written if absent).'),
+    cfg.FloatOpt('privileged-ping-interval', default=2.0, min=0.1,
+                 help='Seconds between health checks of the root daemons.'),
+    cfg.FloatOpt('privileged-ping-timeout', default=10.0, min=0.1,
+                 help='A root daemon that does not answer a ping within '
+                      'this many seconds is taken as wedged: volsepd '
+                      'exits 1 so its supervisor restarts the service.'),
     cfg.IntOpt('socket-mode', default=0o666,
                help='Mode of the API socket; the policy decides what each '
                     'caller may do.'),
@@ -54,6 +62,10 @@ OPTS = [
 
 
 def _prepare_directory(state_dir, user, system):
+    try:
+        ownership.check(state_dir, os.geteuid())
+    except ownership.NotPrivate as err:
+        raise SystemExit(f'volsepd: refusing --state-dir {state_dir}: {err}')
     os.makedirs(state_dir, mode=0o755, exist_ok=True)
     os.makedirs(os.path.join(state_dir, 'pools'), mode=0o755, exist_ok=True)
     frontend_state = os.path.join(state_dir, 'state')
@@ -104,16 +116,33 @@ def _ensure_default_pool(manager, state_dir):
         manager.set_default_pool('default')
 
 
+def _privileged_fault(deadline):
+    """Why a root daemon can no longer serve, or None."""
+    for ctx in contexts.ALL:
+        if ctx.channel is None or not ctx.channel.running:
+            return 'a privileged daemon died'
+        try:
+            guard.ping(ctx, deadline)
+        except Exception as err:
+            return (f'a privileged daemon ({ctx.cfg_section}) did not answer '
+                    f'a ping within {deadline} s: {err}')
+    return None
+
+
 async def _watch_privileged(stop):
-    """A dropped frontend cannot restart a root daemon: if one dies, stop
-    with an error so the supervisor restarts the whole service."""
+    """A dropped frontend cannot restart a root daemon: if one dies or
+    stops answering, stop with an error so the supervisor restarts the
+    whole service."""
+    loop = asyncio.get_running_loop()
     while not stop.done():
-        if not all(ctx.channel is not None and ctx.channel.running
-                   for ctx in contexts.ALL):
-            LOG.error('a privileged daemon died; stopping')
+        fault = await loop.run_in_executor(None, _privileged_fault,
+                                           CONF.privileged_ping_timeout)
+        if fault is not None and not stop.done():
+            LOG.error('%s; stopping', fault)
+            print(f'volsepd: {fault}; stopping', file=sys.stderr, flush=True)
             stop.set_result(1)
             return
-        await asyncio.sleep(1)
+        await asyncio.sleep(CONF.privileged_ping_interval)
 
 
 async def _serve(api, sock, hub):

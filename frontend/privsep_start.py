@@ -12,9 +12,8 @@ import os
 import pwd
 
 from oslo_config import cfg
-from oslo_privsep import priv_context
-
 from volsep.privileged import contexts
+from volsep.privileged import guard
 
 _PR_SET_NO_NEW_PRIVS = 38
 
@@ -30,6 +29,12 @@ def _ensure_config_parsed():
         cfg.CONF(args=[], project='volsep')
 
 
+# Worker threads per daemon: enough for the pipelined writes of several
+# streams and a few long jobs at once, with one left for the watchdog's
+# ping (which goes through the same pool, so a wedged pool is noticed).
+THREADS = 16
+
+
 def start_daemons():
     """Fork one daemon per privileged context; return 'system' or 'user'."""
     _ensure_config_parsed()
@@ -42,7 +47,9 @@ def start_daemons():
         # the service exits and its supervisor starts it afresh.
         cfg.CONF.set_override('helper_command', '/bin/false',
                               group=ctx.cfg_section)
-        ctx.start(priv_context.Method.FORK)
+        cfg.CONF.set_override('thread_pool_size', THREADS,
+                              group=ctx.cfg_section)
+        guard.fork_daemon(ctx)
     return 'system' if system else 'user'
 
 

@@ -29,3 +29,13 @@ long_jobs = priv_context.PrivContext(
 )
 
 ALL = (file_ops, long_jobs)
+
+# Where each context's entrypoints are defined: its daemon serves the
+# entrypoints of these modules and refuses every other name (guard.py).
+MODULES = {
+    'volsep_privileged_files': ('volsep.privileged.files',
+                                'volsep.privileged.qemu',
+                                'volsep.privileged.chain'),
+    'volsep_privileged_jobs': ('volsep.privileged.qemu',
+                               'volsep.privileged.chain'),
+}

@@ -15,17 +15,28 @@ import errno
 import fcntl
 import os
 import stat
+import time
 
 from volsep.privileged import errors
 
 
+# Another change holds its claim for a few milliseconds, a job its hold for
+# as long as it runs: wait out the one, never the other.
+_ATTEMPTS = 20
+_PAUSE = 0.005
+
+
 def _flock(fd, path, operation):
-    try:
-        fcntl.flock(fd, operation | fcntl.LOCK_NB)
-    except OSError as err:
-        if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise errors.InUse(f'{path}: in use by a running root job')
-        raise
+    for attempt in range(_ATTEMPTS):
+        try:
+            fcntl.flock(fd, operation | fcntl.LOCK_NB)
+            return
+        except OSError as err:
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+        time.sleep(_PAUSE)
+    raise errors.InUse(f'{path}: in use by a running root job or being '
+                       f'changed by another call')
 
 
 def hold(fd, path):

@@ -146,6 +146,12 @@ def describe(st):
 def check_regular(path, st, single_link=True):
     if not stat.S_ISREG(st.st_mode):
         raise errors.PathRefused(f'{path}: is {describe(st)}')
+    # Every pool file is made by this daemon: one owned by anybody else
+    # was planted (a state directory someone else could write, say).
+    if st.st_uid != os.geteuid():
+        raise errors.PathRefused(
+            f'{path}: owned by uid {st.st_uid}, not by the root side that '
+            f'makes every pool file')
     # A second name for the inode may live outside every allowed root (a
     # hard link to a host file); data operations refuse such files.
     if single_link and st.st_nlink != 1:

@@ -238,5 +238,52 @@ def confined_open(path, flags, readable_paths=(), writable_paths=()):
 
 
 @ctx.entrypoint
+def files_containing(directory, needle):
+    """Names of the regular files directly in ``directory`` that contain
+    ``needle`` (read here, in one call, however large they are)."""
+    found = []
+    for entry in os.scandir(directory):
+        if entry.is_file(follow_symlinks=False):
+            try:
+                with open(entry.path, 'rb') as f:
+                    if needle in f.read():
+                        found.append(entry.name)
+            except FileNotFoundError:
+                continue  # renamed away since it was listed
+    return found
+
+
+_held = {}
+
+
+@ctx.entrypoint
+def hold_in_use(path):
+    """Mark a file in use as a running root job does (inuse.hold)."""
+    from volsep.privileged import inuse
+    fd = os.open(path, os.O_RDONLY)
+    inuse.hold(fd, path)
+    _held[fd] = path
+    return fd
+
+
+@ctx.entrypoint
+def release_in_use(fd):
+    del _held[fd]
+    os.close(fd)
+
+
+@ctx.entrypoint
+def fd_targets(pid):
+    """What each descriptor of a process leads to (readlink of /proc)."""
+    result = {}
+    for name in os.listdir(f'/proc/{pid}/fd'):
+        try:
+            result[int(name)] = os.readlink(f'/proc/{pid}/fd/{name}')
+        except FileNotFoundError:
+            continue
+    return result
+
+
+@ctx.entrypoint
 def kill(pid, sig=signal.SIGKILL):
     os.kill(pid, sig)

@@ -17,8 +17,9 @@ SERVICE_USER = 'volsep'
 
 
 class Service:
-    def __init__(self, state_dir, policy=None):
+    def __init__(self, state_dir, policy=None, extra_args=()):
         self.state_dir = state_dir
+        self.extra_args = list(extra_args)
         self.socket = f'{state_dir}/volsepd.sock'
         self.log = f'{state_dir}.log'
         self.policy_path = None
@@ -32,6 +33,7 @@ class Service:
                 '--user', SERVICE_USER]
         if self.policy_path:
             argv += ['--policy-file', self.policy_path]
+        argv += self.extra_args
         self.pid = rig.spawn(argv, {'PATH': '/usr/bin:/bin'}, self.log)
         if not wait_until_answering(self.socket):
             raise AssertionError(f'volsepd did not start: {self.output()}')

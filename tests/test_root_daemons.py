@@ -1,0 +1,148 @@
+"""The root daemons themselves: which requests they run, what they hold,
+and what happens when one stops answering."""
+
+import os
+import signal
+import uuid
+
+import pytest
+
+from tests import service_helpers as sh
+from tests.test_service import service  # noqa: F401  (the fixture)
+from volsep.privileged import contexts
+from volsep.privileged import errors
+from volsep.privileged import files
+
+
+def _call(ctx, name):
+    return ctx.channel.remote_call(name, (), {}, 20)
+
+
+@pytest.mark.parametrize('ctx', contexts.ALL, ids=lambda c: c.cfg_section)
+def test_a_name_that_is_no_entrypoint_is_refused_before_any_import(ctx):
+    # A module that does not exist is refused as not an entrypoint, not
+    # reported missing: nothing was looked up.
+    for name in ('nosuchmodule_for_volsep.x', 'os.system',
+                 'volsep.privileged.paths.split_beneath_root',
+                 'volsep.privileged.files.os', ''):
+        with pytest.raises(errors.UnknownEntrypoint):
+            _call(ctx, name)
+
+
+def test_requests_that_once_wedged_the_daemon_are_answered():
+    """venv's __main__ raised SystemExit at import and ended the worker
+    thread without a reply; a few of those wedged the daemon for good."""
+    for ctx in contexts.ALL:
+        for _ in range(3 * 16):   # more than a pool of worker threads
+            with pytest.raises(errors.UnknownEntrypoint):
+                _call(ctx, 'venv.__main__.x')
+    assert files.ping() is True
+
+
+def _sockets(targets):
+    return {fd for fd, target in targets.items()
+            if target.startswith('socket:')}
+
+
+def test_root_daemons_hold_only_their_own_channel(service, rig):
+    """Neither daemon keeps the API's listening socket, nor the other
+    daemon's channel: one socket each, and besides stdio only /dev/null
+    and the audit log they write."""
+    service.json('volume', 'create', 'vm:root', '--pool', 'default',
+                 '--size', '1M')
+    daemons = sh.children_of(service.pid)
+    assert len(daemons) == 2
+    allowed = ('/dev/null', f'{service.state_dir}/audit.log')
+    for pid in daemons:
+        targets = rig.fd_targets(pid)
+        assert len(_sockets(targets)) == 1, targets
+        others = {fd: t for fd, t in targets.items()
+                  if fd > 2 and fd not in _sockets(targets)}
+        assert all(t in allowed for t in others.values()), targets
+
+
+def test_a_root_daemon_that_stops_answering_stops_the_service(rig):
+    state_dir = sh.fresh_state_dir()
+    svc = sh.Service(state_dir, extra_args=[
+        '--privileged-ping-interval', '0.2',
+        '--privileged-ping-timeout', '1']).start()
+    daemon = sh.children_of(svc.pid)[1]
+    try:
+        rig.kill(daemon, signal.SIGSTOP)
+        assert rig.wait(svc.pid, 30) == 1
+        svc.pid = None
+        assert 'did not answer a ping' in svc.output()
+    finally:
+        rig.kill(daemon, signal.SIGKILL)
+        if svc.pid is not None:
+            svc.stop()
+        rig.rmtree(state_dir)
+
+
+def _start_refused(rig, state_dir):
+    rc, out, err = rig.run([f'{sh.VENV}/volsepd', '--state-dir', state_dir],
+                           env={'PATH': '/usr/bin:/bin'}, timeout=60)
+    return rc, (out + err).decode()
+
+
+def test_a_state_directory_someone_else_owns_is_refused(rig):
+    """A local user who creates the state directory first (or any
+    directory above it) must not get a root service to use it."""
+    base = f'{os.environ["VOLSEP_TEST_WORK"]}/own-{uuid.uuid4().hex[:8]}'
+    user = os.environ['VOLSEP_TEST_USER']
+    rig.mkdir(base, 0o755)
+    try:
+        planted = f'{base}/planted'
+        rig.mkdir(planted, 0o755)
+        rc, out, err = rig.run(['chown', user, planted])
+        assert rc == 0, err
+        rc, output = _start_refused(rig, planted)
+        assert rc != 0 and 'belongs to uid' in output, output
+        assert rig.tree(planted) == {}
+        # Inside a parent that someone else owns.
+        rc, output = _start_refused(rig, f'{planted}/deeper')
+        assert rc != 0 and 'belongs to uid' in output, output
+        # Root's own, but writable by others (no sticky bit).
+        open_dir = f'{base}/open'
+        rig.mkdir(open_dir, 0o777)
+        rc, output = _start_refused(rig, open_dir)
+        assert rc != 0 and 'writable by group or others' in output, output
+        rc, output = _start_refused(rig, f'{open_dir}/inside')
+        assert rc != 0 and 'writable by group or others' in output, output
+        assert rig.tree(open_dir) == {}
+        # A symlink another user made.
+        rc, out, err = rig.run(['setpriv', f'--reuid={user}', '--regid=nogroup',
+                                '--clear-groups', 'ln', '-s', base,
+                                f'/tmp/volsep-link-{os.getpid()}'])
+        assert rc == 0, err
+        rc, output = _start_refused(rig, f'/tmp/volsep-link-{os.getpid()}/x')
+        assert rc != 0 and 'is a symlink of uid' in output, output
+    finally:
+        rig.run(['rm', '-f', f'/tmp/volsep-link-{os.getpid()}'])
+        rig.rmtree(base)
+
+
+def test_a_private_state_directory_under_a_sticky_parent_is_accepted(rig):
+    """/var/tmp is world-writable but sticky and root's: a root-owned
+    0755 directory in it is fine (the README's demo does this)."""
+    state_dir = f'/var/tmp/volsep-own-{uuid.uuid4().hex[:8]}'
+    svc = sh.Service(state_dir).start()
+    try:
+        assert svc.json('pool', 'list', as_root=True)[0]['name'] == 'default'
+    finally:
+        svc.stop()
+        rig.rmtree(state_dir)
+
+
+def test_the_root_side_refuses_pool_files_it_did_not_make(xfs_dir, rig):
+    user = os.environ['VOLSEP_TEST_USER']
+    rig.write(f'{xfs_dir}/planted', b'x' * 4096)
+    rc, out, err = rig.run(['chown', user, f'{xfs_dir}/planted'])
+    assert rc == 0, err
+    before = rig.tree(xfs_dir)
+    for call in (lambda: files.read_at(f'{xfs_dir}/planted', 0, 10),
+                 lambda: files.clone(f'{xfs_dir}/planted', f'{xfs_dir}/c'),
+                 lambda: files.write_at(f'{xfs_dir}/planted', 0, b'y')):
+        with pytest.raises(errors.PathRefused, match='owned by uid'):
+            call()
+    assert rig.tree(xfs_dir) == before
