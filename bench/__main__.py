@@ -3,6 +3,7 @@
 import sys
 
 from bench import chains
+from bench import confinement
 from bench import images
 from bench import privileged_calls
 from bench import service
@@ -19,6 +20,7 @@ BENCHMARKS = {
     'qcow2-import': images.qcow2_import,
     'chain-validation': chains.validation,
     'chain-merges': chains.merges,
+    'qemu-img-confinement': confinement.qemu_img,
 }
 
 
