@@ -304,6 +304,7 @@ def test_correct_adopts_a_consistent_disk(pool, rig):
 @pytest.fixture(scope='module')
 def libvirtd():
     from tests import rig
+    host_config = rig.tree('/etc/libvirt')
     log = f'{os.environ["VOLSEP_TEST_WORK"]}/libvirtd.log'
     pid = rig.spawn(['/bin/bash', f'{os.path.dirname(__file__)}/'
                      f'private-libvirtd', LIBVIRT_DIR],
@@ -315,6 +316,9 @@ def libvirtd():
     yield
     rig.kill(pid, 15)
     rig.wait(pid, 60)
+    # The tests' libvirtd has its own configuration: the host's is
+    # neither changed nor needed.
+    assert rig.tree('/etc/libvirt') == host_config
 
 
 def _validate_xml(rig, tmp_path, text, kind):

@@ -74,3 +74,13 @@ def test_samples_parse():
     with open(f'{ETC}/systemd/volsepd.service') as f:
         unit = f.read()
     assert 'CapabilityBoundingSet=' in unit and 'NoNewPrivileges=yes' in unit
+
+
+def test_the_service_install_leaves_the_hosts_configuration_alone():
+    """README's first command installs the service only: no libvirt, QEMU
+    system emulator or test tools, and no file under /etc/libvirt."""
+    with open(f'{ETC}/ci-install') as f:
+        script = f.read()
+    for absent in ('/etc/libvirt', 'libvirt-daemon', 'qemu-system',
+                   '[test]', 'pytest'):
+        assert absent not in script, absent
