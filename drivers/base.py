@@ -160,6 +160,11 @@ class Pool:
     def volume(self, config):
         return self.volume_class(self, config)
 
+    def copy_method(self):
+        """How this pool copies data for snapshots, commits and clones:
+        'reflink' (shared extents) or 'copy' (a full sparse copy)."""
+        return 'copy'
+
     setup = _not_supported('pool setup')
     destroy = _not_supported('pool removal')
     usage = _not_supported('pool usage')

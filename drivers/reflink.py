@@ -24,6 +24,10 @@ class ReflinkPool(directory.DirectoryPool):
     def clone_mode(self):
         return 'always' if self.options['setup_check'] else 'auto'
 
+    def copy_method(self):
+        return ('reflink' if files.reflink_supported(self.dir_path) else
+                'copy')
+
     def setup(self):
         super().setup()
         if self.options['setup_check'] and not files.reflink_supported(

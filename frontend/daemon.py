@@ -169,8 +169,19 @@ async def _serve(api, sock, hub):
 def main(argv=None):
     CONF.register_cli_opts(OPTS)
     logging.register_options(CONF)
-    CONF(sys.argv[1:] if argv is None else argv, project='volsep',
-         prog='volsepd')
+    try:
+        CONF(sys.argv[1:] if argv is None else argv, project='volsep',
+             prog='volsepd')
+        for opt in OPTS:  # a bad value in a file shows only when read
+            getattr(CONF, opt.dest)
+    except cfg.Error as err:
+        # A missing or malformed file, or a bad value: one line, usage exit.
+        print(f'volsepd: {err}'.splitlines()[0], file=sys.stderr)
+        return 2
+    except SystemExit as done:
+        # oslo.config has printed its one line (a bad value in a file for
+        # a command-line option) or the help.
+        return 2 if done.code else 0
     logging.setup(CONF, 'volsep')
     state_dir = os.path.abspath(CONF.state_dir)
     system = os.geteuid() == 0
@@ -194,6 +205,10 @@ def main(argv=None):
     manager = manager_module.Manager(frontend_state)
     manager.reconcile()
     _ensure_default_pool(manager, state_dir)
+    for name in manager.pools_copying_fully():
+        print(f'volsepd: warning: pool {name} (file-reflink) is on a '
+              f'filesystem without reflink: snapshots, commits and clones '
+              f'are full sparse copies', file=sys.stderr, flush=True)
     hub = events.Hub()
     return asyncio.run(_serve(api_module.Api(manager, policy, hub), sock,
                               hub))

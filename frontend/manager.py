@@ -267,7 +267,16 @@ class Manager:
             return dict(self._option_strings(pool), name=name,
                         driver=pool.driver, size=usage['size'],
                         usage=usage['size'] - usage['free'],
-                        included_in=included_in)
+                        included_in=included_in,
+                        copy_method=pool.copy_method())
+
+    def pools_copying_fully(self):
+        """Names of the file-reflink pools that fall back to full copies
+        (their filesystem cannot share extents)."""
+        with self._lock:
+            pools = [p for p in self.pools.values()
+                     if p.driver == 'file-reflink']
+        return [p.name for p in pools if p.copy_method() == 'copy']
 
     # -- volumes -----------------------------------------------------------
 

@@ -84,3 +84,66 @@ def test_the_service_install_leaves_the_hosts_configuration_alone():
     for absent in ('/etc/libvirt', 'libvirt-daemon', 'qemu-system',
                    '[test]', 'pytest'):
         assert absent not in script, absent
+
+
+def _keys(text, section='DEFAULT'):
+    import configparser
+    parser = configparser.ConfigParser()
+    parser.read_string(text)
+    return dict(parser[section]) if section != 'DEFAULT' else \
+        dict(parser.defaults())
+
+
+def test_every_key_of_the_volsepd_sample_is_read(tmp_path):
+    """Each setting in etc/volsep.conf.sample reaches volsepd: changed in a
+    copy, the changed value is what oslo.config returns."""
+    from oslo_config import cfg
+    from volsep.frontend import daemon
+    with open(f'{ETC}/volsep.conf.sample') as f:
+        sample = f.read()
+    keys = _keys(sample)
+    assert {'state_dir', 'user', 'privileged_config'} <= set(keys)
+    changed = tmp_path / 'volsep.conf'
+    changed.write_text('[DEFAULT]\n' + ''.join(
+        f'{key} = /changed/{key}\n' for key in keys))
+    conf = cfg.ConfigOpts()
+    conf.register_cli_opts(daemon.OPTS)
+    conf(['--config-file', str(changed)])
+    for key in keys:
+        assert getattr(conf, key) == f'/changed/{key}', key
+
+
+def test_a_bad_configuration_is_one_line_and_a_usage_exit(tmp_path):
+    import subprocess
+    bad_value = tmp_path / 'bad.conf'
+    bad_value.write_text('[DEFAULT]\nprivileged_ping_timeout = soon\n')
+    broken = tmp_path / 'broken.conf'
+    broken.write_text('[DEFAULT\n')
+    for argv in (['--config-file', str(tmp_path / 'missing.conf')],
+                 ['--config-file', str(broken)],
+                 ['--config-file', str(bad_value)]):
+        proc = subprocess.run(['/opt/volsep/venv/bin/volsepd', *argv,
+                               '--state-dir', str(tmp_path / 'state')],
+                              capture_output=True, text=True,
+                              env={'PATH': '/usr/bin:/bin'})
+        assert proc.returncode == 2, (argv, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert 'Traceback' not in proc.stderr
+    assert not (tmp_path / 'state').exists()
+
+
+def test_the_unit_creates_what_it_writes_and_allows_the_sample_roots():
+    with open(f'{ETC}/systemd/volsepd.service') as f:
+        unit = f.read()
+    assert 'StateDirectory=volsep' in unit and 'LogsDirectory=volsep' in unit
+    writable = ['/var/lib/volsep', '/var/log/volsep']
+    for line in unit.splitlines():
+        if line.startswith('ReadWritePaths='):
+            writable += [p.lstrip('-') for p in line.split('=', 1)[1].split()]
+    with open(f'{ETC}/privileged.conf.sample') as f:
+        roots = _keys(f.read(), 'privileged')['allowed_roots'].split(',')
+        f.seek(0)
+        audit_log = _keys(f.read(), 'privileged')['audit_log']
+    for path in roots + [audit_log]:
+        assert any(path == w or path.startswith(w + '/') for w in writable), \
+            path

@@ -385,3 +385,20 @@ def test_dead_root_daemon_stops_the_service(service, rig):
     assert rig.wait(service.pid) == 1
     service.pid = None
     assert 'a privileged daemon died' in service.output()
+
+
+def test_a_default_pool_without_reflink_says_so(rig):
+    """On ext4 the default file-reflink pool makes full copies: volsepd
+    says so on stderr at start-up and pool info reports it."""
+    for fs, method in (('ext4', 'copy'), ('xfs', 'reflink')):
+        state_dir = sh.fresh_state_dir(fs)
+        svc = sh.Service(state_dir, policy=EVERYONE).start()
+        try:
+            info = svc.json('pool', 'info', 'default')
+            assert info['copy_method'] == method
+            warned = 'without reflink: snapshots, commits and clones are ' \
+                     'full sparse copies' in svc.output()
+            assert warned == (method == 'copy'), svc.output()
+        finally:
+            svc.stop()
+            rig.rmtree(state_dir)
