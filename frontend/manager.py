@@ -566,6 +566,12 @@ class Manager:
             if config.kind != 'persistent':
                 raise errors.InvalidArgument(
                     f'cannot export {address}: it is {config.kind}')
+            if config.revisions_to_keep == -1 and self._running(config):
+                # The VM writes the committed image itself: no copy of
+                # the data from before the start exists to export.
+                raise errors.VolumeBusy(
+                    f'{address} is running with revisions_to_keep=-1: its '
+                    f'committed image is being written')
             return self._volume(config).export_begin(fmt)
 
     def export_read(self, address, path, offset, length):

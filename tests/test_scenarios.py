@@ -321,6 +321,26 @@ def test_24_export_is_committed_data_while_running(env, rig):
     env.export_end('vm:root', export)
 
 
+def test_24_export_of_a_volume_written_in_place_is_refused_while_running(
+        env, rig):
+    """With revisions_to_keep = -1 the VM writes the committed image: an
+    export then could only give bytes of the run (or a torn copy), so it
+    is refused until the volume stops, and nothing is left behind."""
+    env.create_volume('vm:root', 'p', MiB, revisions_to_keep=-1)
+    _commit(env, rig, 'vm:root', b'before')
+    path = env.start_domain('vm')[0]['path']
+    h.vm_write(rig, path, 0, b'AFTER!')
+    volume_dir = env.volume_info('vm:root')['path'].rsplit('/', 1)[0]
+    listing = rig.tree(volume_dir)
+    with pytest.raises(errors.VolumeBusy, match='revisions_to_keep=-1'):
+        env.export_begin('vm:root')
+    assert rig.tree(volume_dir) == listing
+    env.stop_domain('vm')
+    export = env.export_begin('vm:root')['path']
+    assert rig.read(export, 0, 6) == b'AFTER!'
+    env.export_end('vm:root', export)
+
+
 def test_25_export_volatile_or_snapshot_refused(env, rig):
     env.create_volume('base:root', 'p', MiB)
     env.create_volume('vm:vol', 'p', MiB, kind='volatile')
