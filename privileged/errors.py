@@ -83,3 +83,9 @@ class UnknownEntrypoint(PrivilegedError):
     """A request named something that is not a volsep entrypoint."""
 
     error_class = 'PermissionDenied'
+
+
+class NoSpace(PrivilegedError):
+    """The filesystem holding the pool is full."""
+
+    error_class = 'StorageError'

@@ -31,6 +31,7 @@ OUTPUT_FORMATS = ('raw', 'qcow2')
 _LIMIT_SIGNALS = (-9, -6, -24)
 _LIMIT_MESSAGES = ('Cannot allocate memory', 'Failed to allocate',
                    'out of memory')
+_NO_SPACE = 'No space left on device'
 
 
 def fd_path(fd):
@@ -48,6 +49,10 @@ def run_img(argv, what, readable=(), writable=()):
     if result.returncode == 0:
         return result.stdout
     message = result.stderr.strip().splitlines()[-1:] or ['']
+    if _NO_SPACE in result.stderr:
+        # The pool's filesystem is full: not the image's fault.
+        raise errors.NoSpace(f'{what}: no space left on the filesystem '
+                             f'({message[0]})')
     if (result.returncode in _LIMIT_SIGNALS or
             any(m in result.stderr for m in _LIMIT_MESSAGES)):
         raise errors.LimitsExceeded(
