@@ -193,11 +193,29 @@ class Qcow2Volume(directory.DirectoryVolume):
         if self.config.revisions_to_keep == -1:
             files.unlink(overlay)  # a stale one: the top was written
             return
+        self._check_overlay(overlay)
         new = f'L{max(listing.layers, default=0) + 1}.qcow2'
         files.rename(overlay, self._path(new), noreplace=True)
         self.config.chain = [[self._relative(new), 'qcow2']] + \
             self.config.chain
         self._prune()
+
+    def _check_overlay(self, overlay):
+        """A running overlay may have been damaged (by a compromised
+        hypervisor, by disk corruption): it becomes a layer only if its
+        header still passes the rules and names the top as recorded."""
+        top, fmt = self._top()
+        try:
+            header = root_chain.layer(overlay, 'qcow2')
+        except root_errors.PrivilegedError as err:
+            raise errors.UnsafeImage(
+                f'volume {self.config.address}: its running overlay is '
+                f'damaged, nothing was committed: {err}') from None
+        if (header['backing'], header['backing_format']) != (top, fmt):
+            raise errors.ChainMismatch(
+                f'volume {self.config.address}: its running overlay names '
+                f'backing {header["backing"]!r} ({header["backing_format"]}),'
+                f' not the top {top} ({fmt}); nothing was committed')
 
     def _prune(self):
         """Merge the base into the layer above while more revisions are
@@ -271,20 +289,25 @@ class Qcow2Volume(directory.DirectoryVolume):
         path = self._path(overlay['name']) if overlay else None
         fmt = 'qcow2'
         outdated = False
-        if kind == 'persistent' and self.config.chain:
-            top, top_fmt = self._top()
-            size = self._virtual_size(top, top_fmt) if \
-                generation(top) in listing.layers else 0
-            if overlay is None:
-                path, fmt = top, top_fmt
-        elif kind == 'snapshot':
-            source = self.pool.volume(self.config.source)
-            top, top_fmt = source._top()
-            size = self._virtual_size(top, top_fmt)
-            outdated = overlay is not None and \
-                listing.overlay_source_gen != generation(top)
-        else:
-            size = self.config.size
+        damaged = None
+        size = self.config.size
+        try:
+            if kind == 'persistent' and self.config.chain:
+                top, top_fmt = self._top()
+                if overlay is None:
+                    path, fmt = top, top_fmt
+                size = self._virtual_size(top, top_fmt) if \
+                    generation(top) in listing.layers else 0
+            elif kind == 'snapshot':
+                source = self.pool.volume(self.config.source)
+                top, top_fmt = source._top()
+                outdated = overlay is not None and \
+                    listing.overlay_source_gen != generation(top)
+                size = self._virtual_size(top, top_fmt)
+        except root_errors.PrivilegedError as err:
+            # One damaged image must not break listings of everything else:
+            # report it, with the recorded size.
+            damaged = str(err)
         usage = sum(e['allocated'] for e in listing.layers.values())
         if overlay is not None:
             usage += overlay['allocated']
@@ -292,7 +315,8 @@ class Qcow2Volume(directory.DirectoryVolume):
                 'is_dirty': kind == 'persistent' and overlay is not None,
                 'is_outdated': outdated, 'path': path,
                 'import_pending': False,
-                'has_working_copy': overlay is not None}
+                'has_working_copy': overlay is not None,
+                'damaged': damaged}
 
     def chain(self):
         """The attached image and everything below it, top first."""

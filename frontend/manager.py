@@ -373,6 +373,7 @@ class Manager:
             'format': disk.get('format', config.format),
             'path': disk['path'],
             'import_pending': config.vid in self._importing,
+            'damaged': disk.get('damaged'),
         }
 
     def list_volumes(self, pool=None, domains=()):
@@ -752,11 +753,21 @@ class Manager:
         return config, self._volume(config)
 
     def chain_validate(self, address):
-        """The recorded chain, checked layer by layer against the headers;
-        ChainMismatch lists every difference."""
-        config, volume = self._chain_volume(address)
+        """The chain a hypervisor gets (while running: the overlay and what
+        lies below it, for any kind of volume; else the recorded chain),
+        checked layer by layer against the headers; ChainMismatch lists
+        every difference."""
+        config = self._config(address)
+        if not self._pool(config.pool).capabilities.chains:
+            raise errors.NotSupported(
+                f'{address} is in pool {config.pool}, whose driver keeps no '
+                f'backing chains')
         with self._volume_lock(config):
-            record = volume.recorded()
+            record = self._volume(config).chain()
+            if not record:
+                raise errors.InvalidArgument(
+                    f'{address} is {config.kind} and not running: it has no '
+                    f'chain to validate')
             found = chains.differences(record, root_chain.layer)
         if found:
             raise errors.ChainMismatch(

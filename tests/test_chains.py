@@ -430,3 +430,71 @@ def test_disk_xml_for_block_and_rbd_sources_validates(rig, tmp_path):
     assert stores == ['network', 'block', 'file']
     assert parsed.find('.//source[@protocol="rbd"]/host').get('port') == \
         '6789'
+
+
+# -- running overlays ------------------------------------------------------
+
+def _repoint_backing(rig, path, new_backing):
+    """Rewrite a qcow2 header's backing file name in place, as a
+    compromised hypervisor holding the overlay open could."""
+    head = rig.read(path, 0, 64)
+    offset, length = struct.unpack_from('>QI', head, 8)
+    data = new_backing.encode()
+    assert len(data) <= length
+    rig.pwrite(path, 8, struct.pack('>QI', offset, len(data)))
+    rig.pwrite(path, offset, data)
+
+
+def test_validation_covers_the_running_overlay_of_every_kind(pool, rig):
+    """What domain start hands out is what validate checks: a running
+    persistent volume's overlay, a running snapshot's overlay over its
+    source's layers."""
+    mgr, _ = pool
+    record = _layered(mgr, rig, 'vm:root', 2)
+    mgr.create_volume('snap:root', 'p', kind='snapshot', source='vm:root')
+    from volsep.drivers import errors
+    with pytest.raises(errors.InvalidArgument, match='not running'):
+        mgr.chain_validate('snap:root')
+    overlay = mgr.start_domain('vm')[0]['path']
+    snap_overlay = mgr.start_domain('snap')[0]['path']
+    assert [x['path'] for x in mgr.chain_validate('vm:root')] == \
+        [overlay] + [p for p, _ in record]
+    assert [x['path'] for x in mgr.chain_validate('snap:root')] == \
+        [snap_overlay] + [p for p, _ in record]
+    # The overlay now names the base, skipping the top layer.
+    _repoint_backing(rig, overlay, record[1][0])
+    with pytest.raises(errors.ChainMismatch, match='layer 0'):
+        mgr.chain_validate('vm:root')
+    _repoint_backing(rig, snap_overlay, record[1][0])
+    with pytest.raises(errors.ChainMismatch, match='layer 0'):
+        mgr.chain_validate('snap:root')
+
+
+def test_a_damaged_running_overlay_is_not_committed(pool, rig):
+    """Its header overwritten while running: stop refuses and changes
+    nothing; listings, info and other volumes keep working."""
+    mgr, _ = pool
+    from volsep.drivers import errors
+    record = _layered(mgr, rig, 'vm:root', 2)
+    _layered(mgr, rig, 'other:root', 1)
+    overlay = mgr.start_domain('vm')[0]['path']
+    volume_dir = overlay.rsplit('/', 1)[0]
+    rig.pwrite(overlay, 0, b'\xde\xad' * 256)
+    before = rig.tree(volume_dir)
+    with pytest.raises(errors.VolsepError, match='nothing was committed'):
+        mgr.stop_domain('vm')
+    assert rig.tree(volume_dir) == before
+    assert mgr._volume(mgr._config('vm:root')).recorded() == record
+    listed = {v['vid'] for v in mgr.list_volumes()}
+    assert {'vm/root', 'other/root'} <= listed
+    info = mgr.volume_info('vm:root')
+    assert info['size'] == 4 * MiB
+    mgr.start_domain('other')
+    mgr.stop_domain('other')
+    # Damage to a committed layer is reported by info, not raised.
+    top = record[0][0]
+    rig.pwrite(top, 0, b'\xde\xad' * 256)
+    info = mgr.volume_info('vm:root')
+    assert info['damaged'] and info['size'] == 4 * MiB
+    assert {'vm/root', 'other/root'} <= {v['vid'] for v in
+                                         mgr.list_volumes()}
