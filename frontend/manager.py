@@ -10,6 +10,7 @@ import collections
 import concurrent.futures
 import contextlib
 import dataclasses
+import errno
 import functools
 import os
 import threading
@@ -22,7 +23,32 @@ from volsep.frontend import drivers
 from volsep.frontend import libvirt_xml
 from volsep.frontend import state as state_module
 from volsep.privileged import chain as root_chain
+from volsep.privileged import errors as root_errors
 from volsep.privileged import images
+
+
+def _is_no_space(exc):
+    return (isinstance(exc, root_errors.NoSpace) or
+            (type(exc) is OSError and exc.errno in (errno.ENOSPC,
+                                                    errno.EDQUOT)))
+
+
+def _pools_named(manager, args):
+    """'pool NAME' for the pools a call's addresses or pool names lead to
+    (a full filesystem is reported as the pool's)."""
+    names = []
+    for arg in args:
+        if not isinstance(arg, str):
+            continue
+        if arg in manager.pools:
+            names.append(arg)
+            continue
+        domain, _, volume = arg.partition(':')
+        config = manager.domains.get(domain, Domain()).volumes.get(volume)
+        if config is not None:
+            names.append(config.pool)
+    names = list(dict.fromkeys(names))
+    return ('pool ' + ', '.join(names)) if names else 'a pool'
 
 
 def _contract_errors(cls):
@@ -34,6 +60,10 @@ def _contract_errors(cls):
             try:
                 return method(*args, **kwargs)
             except Exception as exc:
+                if _is_no_space(exc):
+                    raise errors.StorageError(
+                        f'{_pools_named(args[0], args[1:])}: no space left '
+                        f'on the filesystem ({exc})') from exc
                 replacement = errors.translated(exc)
                 if replacement is None:
                     raise
