@@ -5,15 +5,20 @@ Import: after {"result": {"ready": true}} the client sends exactly `size`
 raw bytes, then the line {"end": true}. Fewer bytes (a disconnect) or
 anything but that line rolls the import back. Export: the reply
 {"result": {"size": N}} is followed by exactly N raw bytes.
+
+Connections are admitted or refused at accept time, and idle or slow ones
+are closed: see admission.py.
 """
 
 import asyncio
 import concurrent.futures
 import logging
+import os
 import secrets
 
 from volsep.drivers import errors
 from volsep.drivers import validation
+from volsep.frontend import admission
 from volsep.frontend import peer as peer_module
 from volsep.frontend import protocol
 
@@ -30,6 +35,10 @@ class _Stream(Exception):
     def __init__(self, message, error_class=None):
         super().__init__(str(message))
         self.error_class = error_class or 'InvalidArgument'
+
+
+class _Closing(Exception):
+    """The connection is closed with this error line (idle, slow)."""
 
 
 def _param(params, key, required=True):
@@ -49,10 +58,13 @@ def _options(value):
 
 
 class Api:
-    def __init__(self, manager, policy, hub, workers=64):
+    def __init__(self, manager, policy, hub, workers=64, limits=None):
         self.manager = manager
         self.policy = policy
         self.hub = hub
+        self.limits = limits or admission.Limits()
+        self.admission = admission.Admission(self.limits, self._trusted)
+        self.service_uid = os.getuid()
         self.executor = concurrent.futures.ThreadPoolExecutor(workers)
         self._clone_tokens = {}
         m = manager
@@ -118,6 +130,19 @@ class Api:
         self.streaming = {'admin.vm.volume.Import': self._import,
                           'admin.vm.volume.Export': self._export,
                           'admin.Events': self._events}
+
+    def _trusted(self, peer):
+        """Root, the service's own user, and anyone the policy allows at
+        least one method: they may use the reserved connection slots."""
+        if peer.uid in (0, self.service_uid):
+            return True
+        for method in list(self.simple) + list(self.streaming):
+            try:
+                self.policy.check(peer, method)
+                return True
+            except Exception:  # noqa: BLE001 - denied, or a policy bug
+                continue
+        return False
 
     # -- handlers ----------------------------------------------------------
 
@@ -278,28 +303,76 @@ class Api:
     # -- connection loop ---------------------------------------------------
 
     async def handle(self, reader, writer):
-        caller = peer_module.of(writer.get_extra_info('socket'))
+        try:
+            caller = peer_module.of(writer.get_extra_info('socket'))
+        except OSError:
+            writer.transport.abort()
+            return
+        # Admission from the credentials alone, before reading anything.
+        slot = self.admission.admit(caller)
+        if not isinstance(slot, admission.Slot):
+            writer.write(protocol.encode(protocol.error_reply(
+                None, admission.TOO_MANY, slot)))
+            self._close(writer)
+            return
         try:
             while True:
                 try:
-                    line = await reader.readuntil(b'\n')
+                    line = await self._request_line(reader)
                 except asyncio.IncompleteReadError:
                     return
                 except asyncio.LimitOverrunError:
-                    writer.write(protocol.encode(protocol.error_reply(
-                        None, 'InvalidArgument',
-                        f'request longer than {protocol.MAX_LINE} bytes')))
-                    await writer.drain()
+                    await self._send(writer, protocol.error_reply(
+                        None, 'InvalidArgument', f'request longer than '
+                        f'{self.limits.max_request_bytes} bytes'))
+                    return
+                except _Closing as err:
+                    await self._send(writer, protocol.error_reply(
+                        None, admission.TIMEOUT, err))
                     return
                 reply = await self._one(caller, line, reader, writer)
                 if reply is not None:
-                    writer.write(protocol.encode(reply))
-                    await writer.drain()
+                    await self._send(writer, reply)
                 if reply is not None and reply.get('stream_broken'):
                     return  # the byte framing is lost: end the connection
-        except (ConnectionError, BrokenPipeError):
+        except ConnectionError:
             return
         finally:
+            self.admission.release(slot)
+            self._close(writer)
+
+    async def _request_line(self, reader):
+        """The next request line: its first byte within idle_timeout, the
+        rest within request_timeout of it."""
+        limits = self.limits
+        idle = admission.Limits.seconds(limits.idle_timeout)
+        try:
+            async with asyncio.timeout(idle):
+                first = await reader.readexactly(1)
+        except TimeoutError:
+            raise _Closing(f'idle for {idle:g} s: connection closed') \
+                from None
+        if first == b'\n':
+            return first
+        slow = admission.Limits.seconds(limits.request_timeout)
+        try:
+            async with asyncio.timeout(slow):
+                return first + await reader.readuntil(b'\n')
+        except TimeoutError:
+            raise _Closing(f'request line not complete within {slow:g} s: '
+                           f'connection closed') from None
+
+    async def _send(self, writer, message):
+        writer.write(protocol.encode(message))
+        await writer.drain()
+
+    @staticmethod
+    def _close(writer):
+        # close() would keep the descriptor until a peer that reads
+        # nothing took what is queued: drop it instead.
+        if writer.transport.get_write_buffer_size():
+            writer.transport.abort()
+        else:
             writer.close()
 
     async def _one(self, caller, line, reader, writer):
