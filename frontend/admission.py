@@ -18,9 +18,11 @@ reader limit), so memory is bounded by the connection limits.
 
 Timeouts (seconds, 0 disables one): ``idle_timeout`` while a connection
 waits for a request line; ``request_timeout`` from the first byte of a
-line to its newline (a slow or stuck client). An events subscription is
-long-lived by design and is not timed out while subscribed, but it still
-holds its caller's connection slot.
+line to its newline (a slow or stuck client); ``stream_timeout`` for an
+import or export (or any reply) that makes no progress, i.e. no byte
+received or consumed for that long. An events subscription is long-lived
+by design and is not timed out while subscribed, but it still holds its
+caller's connection slot.
 """
 
 import dataclasses
@@ -49,6 +51,7 @@ class Limits:
     max_request_bytes: int = 64 << 10
     idle_timeout: float = 300.0
     request_timeout: float = 30.0
+    stream_timeout: float = 60.0
 
     def __post_init__(self):
         for field in dataclasses.fields(self):

@@ -2,9 +2,11 @@
 in threads, every call checked against the policy first.
 
 Import: after {"result": {"ready": true}} the client sends exactly `size`
-raw bytes, then the line {"end": true}. Fewer bytes (a disconnect) or
-anything but that line rolls the import back. Export: the reply
-{"result": {"size": N}} is followed by exactly N raw bytes.
+raw bytes, then the line {"end": true}. Fewer bytes (a disconnect),
+anything but that line, or no byte for `stream_timeout` seconds rolls the
+import back. Export: the reply {"result": {"size": N}} is followed by
+exactly N raw bytes; a reader that consumes nothing for `stream_timeout`
+seconds is cut off and the export snapshot removed.
 
 Connections are admitted or refused at accept time, and idle or slow ones
 are closed: see admission.py.
@@ -35,6 +37,13 @@ class _Stream(Exception):
     def __init__(self, message, error_class=None):
         super().__init__(str(message))
         self.error_class = error_class or 'InvalidArgument'
+
+
+class _Stalled(_Stream):
+    """The peer sent or consumed nothing for stream_timeout seconds."""
+
+    def __init__(self, message):
+        super().__init__(message, admission.TIMEOUT)
 
 
 class _Closing(Exception):
@@ -199,12 +208,14 @@ class Api:
                 f'{fmt!r}')
         await self._run(self.manager.import_begin, address, size, fmt,
                         self.policy.pool_limit(pool, 'max_volume_size'))
-        writer.write(protocol.encode({'id': request_id,
-                                      'result': {'ready': True,
-                                                 'size': size}}))
-        await writer.drain()
         success = False
         try:
+            # Inside the try: a peer gone (or stalled) before it read
+            # this reply rolls the import back too.
+            writer.write(protocol.encode({'id': request_id,
+                                          'result': {'ready': True,
+                                                     'size': size}}))
+            await self._drain(writer)
             try:
                 await self._receive(address, size, reader)
             except _Stream:
@@ -214,10 +225,7 @@ class Api:
                 # stream is unread, so the connection cannot go on.
                 raise _Stream(err, getattr(err, 'error_class', None)) \
                     from err
-            try:
-                end = await reader.readexactly(len(protocol.END_MARKER))
-            except asyncio.IncompleteReadError:
-                end = b''
+            end = await self._read_up_to(reader, len(protocol.END_MARKER))
             if end != protocol.END_MARKER:
                 raise _Stream(f'expected exactly {size} bytes and then '
                               f'{protocol.END_MARKER!r}')
@@ -234,13 +242,11 @@ class Api:
         offset, pending, inspecting = 0, [], True
         try:
             while offset < size:
-                try:
-                    chunk = await reader.readexactly(
-                        min(CHUNK, size - offset))
-                except asyncio.IncompleteReadError as err:
+                want = min(CHUNK, size - offset)
+                chunk = await self._read_up_to(reader, want)
+                if len(chunk) < want:
                     raise _Stream(f'stream ended after '
-                                  f'{offset + len(err.partial)} of {size} '
-                                  f'bytes') from None
+                                  f'{offset + len(chunk)} of {size} bytes')
                 if inspecting:
                     inspecting = await self._run(self.manager.import_inspect,
                                                  address, chunk)
@@ -252,6 +258,63 @@ class Api:
         finally:
             for write in pending:
                 await write
+
+    async def _read_up_to(self, reader, length):
+        """Exactly ``length`` bytes, fewer at end of stream; _Stalled when
+        no byte arrives for stream_timeout seconds (however slow the
+        stream, progress keeps it going)."""
+        timeout = admission.Limits.seconds(self.limits.stream_timeout)
+        parts, got = [], 0
+        while got < length:
+            try:
+                # The usual case: all of it well within the timeout.
+                async with asyncio.timeout(timeout):
+                    parts.append(await reader.readexactly(length - got))
+                break
+            except asyncio.IncompleteReadError as err:
+                parts.append(err.partial)
+                break
+            except TimeoutError:
+                pass
+            # A whole timeout went by: take what did arrive in it (a
+            # cancelled readexactly consumes nothing), without waiting.
+            try:
+                async with asyncio.timeout(0):
+                    data = await reader.read(length - got)
+            except TimeoutError:
+                raise _Stalled(f'no data for {timeout:g} s after {got} '
+                               f'bytes of a {length}-byte read: stream '
+                               f'aborted') from None
+            if not data:
+                break
+            parts.append(data)
+            got += len(data)
+        return parts[0] if len(parts) == 1 else b''.join(parts)
+
+    async def _drain(self, writer):
+        """writer.drain(), but _Stalled when the peer consumes nothing of
+        what is queued for stream_timeout seconds."""
+        timeout = admission.Limits.seconds(self.limits.stream_timeout)
+        if timeout is None:
+            await writer.drain()
+            return
+        loop = asyncio.get_running_loop()
+        transport = writer.transport
+        queued, progress = transport.get_write_buffer_size(), loop.time()
+        while True:
+            try:
+                async with asyncio.timeout(timeout / 4):
+                    await writer.drain()
+                return
+            except TimeoutError:
+                now = loop.time()
+                if transport.get_write_buffer_size() < queued:
+                    queued, progress = \
+                        transport.get_write_buffer_size(), now
+                elif now - progress >= timeout:
+                    raise _Stalled(f'the peer consumed nothing for '
+                                   f'{timeout:g} s: stream aborted') \
+                        from None
 
     async def _export(self, request_id, params, reader, writer):
         address = _param(params, 'volume')
@@ -271,7 +334,7 @@ class Api:
                 offset += len(data)
                 pending = read(offset) if offset < size else None
                 writer.write(data)
-                await writer.drain()
+                await self._drain(writer)
         finally:
             await self._run(self.manager.export_end, address, path)
         return None
@@ -331,11 +394,14 @@ class Api:
                         None, admission.TIMEOUT, err))
                     return
                 reply = await self._one(caller, line, reader, writer)
+                if reply is not None and reply.get('stream_broken'):
+                    # The byte framing is lost: end the connection, without
+                    # waiting for a peer that may read nothing any more.
+                    writer.write(protocol.encode(reply))
+                    return
                 if reply is not None:
                     await self._send(writer, reply)
-                if reply is not None and reply.get('stream_broken'):
-                    return  # the byte framing is lost: end the connection
-        except ConnectionError:
+        except (ConnectionError, _Stalled):
             return
         finally:
             self.admission.release(slot)
@@ -364,7 +430,7 @@ class Api:
 
     async def _send(self, writer, message):
         writer.write(protocol.encode(message))
-        await writer.drain()
+        await self._drain(writer)
 
     @staticmethod
     def _close(writer):
@@ -400,8 +466,10 @@ class Api:
             return {'id': request_id, 'result': result}
         except _Stream as err:
             # translated() keeps a contract name, anything else is a
-            # StorageError.
-            error_class = errors.translated(err).error_class
+            # StorageError; a stall says Timeout, as a closed idle
+            # connection does.
+            error_class = admission.TIMEOUT if isinstance(err, _Stalled) \
+                else errors.translated(err).error_class
             return dict(protocol.error_reply(request_id, error_class, err),
                         stream_broken=True)
         except Exception as err:  # noqa: BLE001 - every error gets a reply

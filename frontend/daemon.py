@@ -75,6 +75,10 @@ LIMIT_OPTS = [
                  default=admission.Limits.request_timeout, min=0,
                  help='Seconds from the first byte of a request line to '
                       'its newline (0: no limit).'),
+    cfg.FloatOpt('stream-timeout', default=admission.Limits.stream_timeout,
+                 min=0, help='Seconds an import, export or reply may make '
+                             'no progress before it is aborted (0: no '
+                             'limit).'),
 ]
 
 
@@ -86,7 +90,8 @@ def _limits():
             reserved_connections=CONF.reserved_connections,
             max_request_bytes=CONF.max_request_bytes,
             idle_timeout=CONF.idle_timeout,
-            request_timeout=CONF.request_timeout)
+            request_timeout=CONF.request_timeout,
+            stream_timeout=CONF.stream_timeout)
     except ValueError as err:
         raise SystemExit(f'volsepd: {err}') from None
     return admission.fit_descriptor_limit(limits)
