@@ -321,6 +321,7 @@ class Api:
         export = await self._run(self.manager.export_begin, address,
                                  params.get('format', 'raw'))
         path, size = export['path'], export['size']
+        pending = None
         try:
             writer.write(protocol.encode({'id': request_id,
                                           'result': {'size': size}}))
@@ -336,6 +337,10 @@ class Api:
                 writer.write(data)
                 await self._drain(writer)
         finally:
+            if pending is not None:
+                # Cut off (stalled or gone) while the next chunk was being
+                # read: let that read end before the snapshot goes.
+                await asyncio.gather(pending, return_exceptions=True)
             await self._run(self.manager.export_end, address, path)
         return None
 
