@@ -264,11 +264,13 @@ class Api:
         no byte arrives for stream_timeout seconds (however slow the
         stream, progress keeps it going)."""
         timeout = admission.Limits.seconds(self.limits.stream_timeout)
-        parts, got = [], 0
+        step = timeout and timeout / 4
+        loop = asyncio.get_running_loop()
+        parts, got, progress = [], 0, loop.time()
         while got < length:
             try:
-                # The usual case: all of it well within the timeout.
-                async with asyncio.timeout(timeout):
+                # The usual case: all of it at once.
+                async with asyncio.timeout(step):
                     parts.append(await reader.readexactly(length - got))
                 break
             except asyncio.IncompleteReadError as err:
@@ -276,19 +278,22 @@ class Api:
                 break
             except TimeoutError:
                 pass
-            # A whole timeout went by: take what did arrive in it (a
-            # cancelled readexactly consumes nothing), without waiting.
+            # Slow: take what has arrived (a cancelled readexactly consumes
+            # nothing), without waiting.
             try:
                 async with asyncio.timeout(0):
                     data = await reader.read(length - got)
             except TimeoutError:
-                raise _Stalled(f'no data for {timeout:g} s after {got} '
-                               f'bytes of a {length}-byte read: stream '
-                               f'aborted') from None
+                if loop.time() - progress >= timeout:
+                    raise _Stalled(f'no data for {timeout:g} s after {got} '
+                                   f'bytes of a {length}-byte read: stream '
+                                   f'aborted') from None
+                continue
             if not data:
                 break
             parts.append(data)
             got += len(data)
+            progress = loop.time()
         return parts[0] if len(parts) == 1 else b''.join(parts)
 
     async def _drain(self, writer):
