@@ -2,18 +2,25 @@
 in threads, every call checked against the policy first.
 
 Import: after {"result": {"ready": true}} the client sends exactly `size`
-raw bytes, then the line {"end": true}. Fewer bytes (a disconnect) or
-anything but that line rolls the import back. Export: the reply
-{"result": {"size": N}} is followed by exactly N raw bytes.
+raw bytes, then the line {"end": true}. Fewer bytes (a disconnect),
+anything but that line, or no byte for `stream_timeout` seconds rolls the
+import back. Export: the reply {"result": {"size": N}} is followed by
+exactly N raw bytes; a reader that consumes nothing for `stream_timeout`
+seconds is cut off and the export snapshot removed.
+
+Connections are admitted or refused at accept time, and idle or slow ones
+are closed: see admission.py.
 """
 
 import asyncio
 import concurrent.futures
 import logging
+import os
 import secrets
 
 from volsep.drivers import errors
 from volsep.drivers import validation
+from volsep.frontend import admission
 from volsep.frontend import peer as peer_module
 from volsep.frontend import protocol
 
@@ -30,6 +37,17 @@ class _Stream(Exception):
     def __init__(self, message, error_class=None):
         super().__init__(str(message))
         self.error_class = error_class or 'InvalidArgument'
+
+
+class _Stalled(_Stream):
+    """The peer sent or consumed nothing for stream_timeout seconds."""
+
+    def __init__(self, message):
+        super().__init__(message, admission.TIMEOUT)
+
+
+class _Closing(Exception):
+    """The connection is closed with this error line (idle, slow)."""
 
 
 def _param(params, key, required=True):
@@ -49,10 +67,13 @@ def _options(value):
 
 
 class Api:
-    def __init__(self, manager, policy, hub, workers=64):
+    def __init__(self, manager, policy, hub, workers=64, limits=None):
         self.manager = manager
         self.policy = policy
         self.hub = hub
+        self.limits = limits or admission.Limits()
+        self.admission = admission.Admission(self.limits, self._trusted)
+        self.service_uid = os.getuid()
         self.executor = concurrent.futures.ThreadPoolExecutor(workers)
         self._clone_tokens = {}
         m = manager
@@ -119,6 +140,19 @@ class Api:
                           'admin.vm.volume.Export': self._export,
                           'admin.Events': self._events}
 
+    def _trusted(self, peer):
+        """Root, the service's own user, and anyone the policy allows at
+        least one method: they may use the reserved connection slots."""
+        if peer.uid in (0, self.service_uid):
+            return True
+        for method in list(self.simple) + list(self.streaming):
+            try:
+                self.policy.check(peer, method)
+                return True
+            except Exception:  # noqa: BLE001 - denied, or a policy bug
+                continue
+        return False
+
     # -- handlers ----------------------------------------------------------
 
     def _create(self, p):
@@ -174,12 +208,14 @@ class Api:
                 f'{fmt!r}')
         await self._run(self.manager.import_begin, address, size, fmt,
                         self.policy.pool_limit(pool, 'max_volume_size'))
-        writer.write(protocol.encode({'id': request_id,
-                                      'result': {'ready': True,
-                                                 'size': size}}))
-        await writer.drain()
         success = False
         try:
+            # Inside the try: a peer gone (or stalled) before it read
+            # this reply rolls the import back too.
+            writer.write(protocol.encode({'id': request_id,
+                                          'result': {'ready': True,
+                                                     'size': size}}))
+            await self._drain(writer)
             try:
                 await self._receive(address, size, reader)
             except _Stream:
@@ -189,10 +225,7 @@ class Api:
                 # stream is unread, so the connection cannot go on.
                 raise _Stream(err, getattr(err, 'error_class', None)) \
                     from err
-            try:
-                end = await reader.readexactly(len(protocol.END_MARKER))
-            except asyncio.IncompleteReadError:
-                end = b''
+            end = await self._read_up_to(reader, len(protocol.END_MARKER))
             if end != protocol.END_MARKER:
                 raise _Stream(f'expected exactly {size} bytes and then '
                               f'{protocol.END_MARKER!r}')
@@ -209,13 +242,11 @@ class Api:
         offset, pending, inspecting = 0, [], True
         try:
             while offset < size:
-                try:
-                    chunk = await reader.readexactly(
-                        min(CHUNK, size - offset))
-                except asyncio.IncompleteReadError as err:
+                want = min(CHUNK, size - offset)
+                chunk = await self._read_up_to(reader, want)
+                if len(chunk) < want:
                     raise _Stream(f'stream ended after '
-                                  f'{offset + len(err.partial)} of {size} '
-                                  f'bytes') from None
+                                  f'{offset + len(chunk)} of {size} bytes')
                 if inspecting:
                     inspecting = await self._run(self.manager.import_inspect,
                                                  address, chunk)
@@ -228,11 +259,74 @@ class Api:
             for write in pending:
                 await write
 
+    async def _read_up_to(self, reader, length):
+        """Exactly ``length`` bytes, fewer at end of stream; _Stalled when
+        no byte arrives for stream_timeout seconds (however slow the
+        stream, progress keeps it going)."""
+        timeout = admission.Limits.seconds(self.limits.stream_timeout)
+        step = timeout and timeout / 4
+        loop = asyncio.get_running_loop()
+        parts, got, progress = [], 0, loop.time()
+        while got < length:
+            try:
+                # The usual case: all of it at once.
+                async with asyncio.timeout(step):
+                    parts.append(await reader.readexactly(length - got))
+                break
+            except asyncio.IncompleteReadError as err:
+                parts.append(err.partial)
+                break
+            except TimeoutError:
+                pass
+            # Slow: take what has arrived (a cancelled readexactly consumes
+            # nothing), without waiting.
+            try:
+                async with asyncio.timeout(0):
+                    data = await reader.read(length - got)
+            except TimeoutError:
+                if loop.time() - progress >= timeout:
+                    raise _Stalled(f'no data for {timeout:g} s after {got} '
+                                   f'bytes of a {length}-byte read: stream '
+                                   f'aborted') from None
+                continue
+            if not data:
+                break
+            parts.append(data)
+            got += len(data)
+            progress = loop.time()
+        return parts[0] if len(parts) == 1 else b''.join(parts)
+
+    async def _drain(self, writer):
+        """writer.drain(), but _Stalled when the peer consumes nothing of
+        what is queued for stream_timeout seconds."""
+        timeout = admission.Limits.seconds(self.limits.stream_timeout)
+        if timeout is None:
+            await writer.drain()
+            return
+        loop = asyncio.get_running_loop()
+        transport = writer.transport
+        queued, progress = transport.get_write_buffer_size(), loop.time()
+        while True:
+            try:
+                async with asyncio.timeout(timeout / 4):
+                    await writer.drain()
+                return
+            except TimeoutError:
+                now = loop.time()
+                if transport.get_write_buffer_size() < queued:
+                    queued, progress = \
+                        transport.get_write_buffer_size(), now
+                elif now - progress >= timeout:
+                    raise _Stalled(f'the peer consumed nothing for '
+                                   f'{timeout:g} s: stream aborted') \
+                        from None
+
     async def _export(self, request_id, params, reader, writer):
         address = _param(params, 'volume')
         export = await self._run(self.manager.export_begin, address,
                                  params.get('format', 'raw'))
         path, size = export['path'], export['size']
+        pending = None
         try:
             writer.write(protocol.encode({'id': request_id,
                                           'result': {'size': size}}))
@@ -246,8 +340,12 @@ class Api:
                 offset += len(data)
                 pending = read(offset) if offset < size else None
                 writer.write(data)
-                await writer.drain()
+                await self._drain(writer)
         finally:
+            if pending is not None:
+                # Cut off (stalled or gone) while the next chunk was being
+                # read: let that read end before the snapshot goes.
+                await asyncio.gather(pending, return_exceptions=True)
             await self._run(self.manager.export_end, address, path)
         return None
 
@@ -278,28 +376,79 @@ class Api:
     # -- connection loop ---------------------------------------------------
 
     async def handle(self, reader, writer):
-        caller = peer_module.of(writer.get_extra_info('socket'))
+        try:
+            caller = peer_module.of(writer.get_extra_info('socket'))
+        except OSError:
+            writer.transport.abort()
+            return
+        # Admission from the credentials alone, before reading anything.
+        slot = self.admission.admit(caller)
+        if not isinstance(slot, admission.Slot):
+            writer.write(protocol.encode(protocol.error_reply(
+                None, admission.TOO_MANY, slot)))
+            self._close(writer)
+            return
         try:
             while True:
                 try:
-                    line = await reader.readuntil(b'\n')
+                    line = await self._request_line(reader)
                 except asyncio.IncompleteReadError:
                     return
                 except asyncio.LimitOverrunError:
-                    writer.write(protocol.encode(protocol.error_reply(
-                        None, 'InvalidArgument',
-                        f'request longer than {protocol.MAX_LINE} bytes')))
-                    await writer.drain()
+                    await self._send(writer, protocol.error_reply(
+                        None, 'InvalidArgument', f'request longer than '
+                        f'{self.limits.max_request_bytes} bytes'))
+                    return
+                except _Closing as err:
+                    await self._send(writer, protocol.error_reply(
+                        None, admission.TIMEOUT, err))
                     return
                 reply = await self._one(caller, line, reader, writer)
-                if reply is not None:
-                    writer.write(protocol.encode(reply))
-                    await writer.drain()
                 if reply is not None and reply.get('stream_broken'):
-                    return  # the byte framing is lost: end the connection
-        except (ConnectionError, BrokenPipeError):
+                    # The byte framing is lost: end the connection, without
+                    # waiting for a peer that may read nothing any more.
+                    writer.write(protocol.encode(reply))
+                    return
+                if reply is not None:
+                    await self._send(writer, reply)
+        except (ConnectionError, _Stalled):
             return
         finally:
+            self.admission.release(slot)
+            self._close(writer)
+
+    async def _request_line(self, reader):
+        """The next request line: its first byte within idle_timeout, the
+        rest within request_timeout of it."""
+        limits = self.limits
+        idle = admission.Limits.seconds(limits.idle_timeout)
+        try:
+            async with asyncio.timeout(idle):
+                first = await reader.readexactly(1)
+        except TimeoutError:
+            raise _Closing(f'idle for {idle:g} s: connection closed') \
+                from None
+        if first == b'\n':
+            return first
+        slow = admission.Limits.seconds(limits.request_timeout)
+        try:
+            async with asyncio.timeout(slow):
+                return first + await reader.readuntil(b'\n')
+        except TimeoutError:
+            raise _Closing(f'request line not complete within {slow:g} s: '
+                           f'connection closed') from None
+
+    async def _send(self, writer, message):
+        writer.write(protocol.encode(message))
+        await self._drain(writer)
+
+    @staticmethod
+    def _close(writer):
+        # close() would keep the descriptor until a peer that reads
+        # nothing took what is queued: drop it instead.
+        if writer.transport.get_write_buffer_size():
+            writer.transport.abort()
+        else:
             writer.close()
 
     async def _one(self, caller, line, reader, writer):
@@ -327,8 +476,10 @@ class Api:
             return {'id': request_id, 'result': result}
         except _Stream as err:
             # translated() keeps a contract name, anything else is a
-            # StorageError.
-            error_class = errors.translated(err).error_class
+            # StorageError; a stall says Timeout, as a closed idle
+            # connection does.
+            error_class = admission.TIMEOUT if isinstance(err, _Stalled) \
+                else errors.translated(err).error_class
             return dict(protocol.error_reply(request_id, error_class, err),
                         stream_broken=True)
         except Exception as err:  # noqa: BLE001 - every error gets a reply

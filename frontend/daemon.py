@@ -22,13 +22,13 @@ import sys
 from oslo_config import cfg
 from oslo_log import log as logging
 
+from volsep.frontend import admission
 from volsep.frontend import api as api_module
 from volsep.frontend import events
 from volsep.frontend import manager as manager_module
 from volsep.frontend import ownership
 from volsep.frontend import policy as policy_module
 from volsep.frontend import privsep_start
-from volsep.frontend import protocol
 from volsep.privileged import config as root_config
 from volsep.privileged import contexts
 from volsep.privileged import files
@@ -59,6 +59,50 @@ OPTS = [
                help='Mode of the API socket; the policy decides what each '
                     'caller may do.'),
 ]
+
+# Admission and timeouts (admission.py): every local user can connect.
+LIMIT_OPTS = [
+    cfg.IntOpt('max-connections', default=admission.Limits.max_connections,
+               min=1, help='Connections in all; the descriptor limit is '
+                           'raised to fit.'),
+    cfg.IntOpt('max-connections-per-uid',
+               default=admission.Limits.max_connections_per_uid, min=1,
+               help='Connections any one uid may hold.'),
+    cfg.IntOpt('reserved-connections',
+               default=admission.Limits.reserved_connections, min=0,
+               help='Connections only root, the service user and callers '
+                    'the policy allows something may take.'),
+    cfg.IntOpt('max-request-bytes',
+               default=admission.Limits.max_request_bytes, min=1024,
+               help='Longest request line; bounds buffered input per '
+                    'connection.'),
+    cfg.FloatOpt('idle-timeout', default=admission.Limits.idle_timeout,
+                 min=0, help='Seconds a connection may wait between '
+                             'requests (0: no limit).'),
+    cfg.FloatOpt('request-timeout',
+                 default=admission.Limits.request_timeout, min=0,
+                 help='Seconds from the first byte of a request line to '
+                      'its newline (0: no limit).'),
+    cfg.FloatOpt('stream-timeout', default=admission.Limits.stream_timeout,
+                 min=0, help='Seconds an import, export or reply may make '
+                             'no progress before it is aborted (0: no '
+                             'limit).'),
+]
+
+
+def _limits():
+    try:
+        limits = admission.Limits(
+            max_connections=CONF.max_connections,
+            max_connections_per_uid=CONF.max_connections_per_uid,
+            reserved_connections=CONF.reserved_connections,
+            max_request_bytes=CONF.max_request_bytes,
+            idle_timeout=CONF.idle_timeout,
+            request_timeout=CONF.request_timeout,
+            stream_timeout=CONF.stream_timeout)
+    except ValueError as err:
+        raise SystemExit(f'volsepd: {err}') from None
+    return admission.fit_descriptor_limit(limits)
 
 
 def _prepare_directory(state_dir, user, system):
@@ -152,8 +196,9 @@ async def _serve(api, sock, hub):
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, lambda: stop.done() or
                                 stop.set_result(0))
-    server = await asyncio.start_unix_server(api.handle, sock=sock,
-                                             limit=protocol.MAX_LINE)
+    server = await asyncio.start_unix_server(
+        api.handle, sock=sock, limit=api.limits.max_request_bytes,
+        backlog=max(128, api.limits.max_connections))
     watchdog = asyncio.ensure_future(_watch_privileged(stop))
     LOG.info('volsepd ready on %s', sock.getsockname())
     print(f'volsepd: ready on {sock.getsockname()}', file=sys.stderr,
@@ -167,7 +212,7 @@ async def _serve(api, sock, hub):
 
 
 def main(argv=None):
-    CONF.register_cli_opts(OPTS)
+    CONF.register_cli_opts(OPTS + LIMIT_OPTS)
     logging.register_options(CONF)
     try:
         CONF(sys.argv[1:] if argv is None else argv, project='volsep',
@@ -183,6 +228,7 @@ def main(argv=None):
         # a command-line option) or the help.
         return 2 if done.code else 0
     logging.setup(CONF, 'volsep')
+    limits = _limits()
     state_dir = os.path.abspath(CONF.state_dir)
     system = os.geteuid() == 0
     frontend_state = _prepare_directory(state_dir, CONF.user, system)
@@ -210,8 +256,8 @@ def main(argv=None):
               f'filesystem without reflink: snapshots, commits and clones '
               f'are full sparse copies', file=sys.stderr, flush=True)
     hub = events.Hub()
-    return asyncio.run(_serve(api_module.Api(manager, policy, hub), sock,
-                              hub))
+    return asyncio.run(_serve(api_module.Api(manager, policy, hub,
+                                             limits=limits), sock, hub))
 
 
 if __name__ == '__main__':
