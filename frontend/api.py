@@ -53,6 +53,10 @@ class Api:
         self.manager = manager
         self.policy = policy
         self.hub = hub
+        # The policy's per-pool max_volume_size holds for every size the
+        # manager sets, next to each pool's own option.
+        manager.size_limits = lambda pool: policy.pool_limit(
+            pool, 'max_volume_size')
         self.executor = concurrent.futures.ThreadPoolExecutor(workers)
         self._clone_tokens = {}
         m = manager
@@ -122,13 +126,8 @@ class Api:
     # -- handlers ----------------------------------------------------------
 
     def _create(self, p):
-        pool = _param(p, 'pool')
-        limit = self.policy.pool_limit(pool, 'max_volume_size')
-        size = p.get('size', 0)
-        if limit is not None and p.get('kind', 'persistent') != 'snapshot':
-            validation.size(size, limit)
         return self.manager.create_volume(
-            _param(p, 'volume'), pool, size=size,
+            _param(p, 'volume'), _param(p, 'pool'), size=p.get('size', 0),
             kind=p.get('kind', 'persistent'), source=p.get('source'),
             revisions_to_keep=p.get('revisions_to_keep'),
             rw=p.get('rw', True), fmt=p.get('format'))
@@ -172,8 +171,7 @@ class Api:
             raise errors.InvalidArgument(
                 f'pool {pool} accepts imports in {", ".join(allowed)}, not '
                 f'{fmt!r}')
-        await self._run(self.manager.import_begin, address, size, fmt,
-                        self.policy.pool_limit(pool, 'max_volume_size'))
+        await self._run(self.manager.import_begin, address, size, fmt)
         writer.write(protocol.encode({'id': request_id,
                                       'result': {'ready': True,
                                                  'size': size}}))
