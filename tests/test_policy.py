@@ -1,4 +1,4 @@
-"""Policy limits, against a real volsepd.
+"""Policy limits and per-domain scope, against a real volsepd.
 
 Size limits: a pool's max_volume_size (the policy file's, or the pool's own
 option; the smaller holds) bounds every size an operation sets or grows:
@@ -6,16 +6,24 @@ create, import (the raw stream, or the virtual size qemu-img reads from a
 non-raw image), resize, clone, revert, snapshot creation. A refused call is
 InvalidArgument (UnsafeImage for an image whose virtual size is too big, as
 for every image refusal) and leaves the pool exactly as it was.
+
+Domain scope: a rule with "domains" grants its methods only for those
+domains; listings and events are cut down to them. Refusals are
+PermissionDenied and change nothing.
 """
 
 import json
 import os
 import struct
 import subprocess
+import threading
 
 import pytest
 
 from tests import service_helpers as sh
+from volsep.drivers import errors
+from volsep.frontend import peer as peer_module
+from volsep.frontend import policy as policy_module
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -23,6 +31,12 @@ TEST_USER = os.environ.get('VOLSEP_TEST_USER', 'volsep-test')
 EVERYONE = ['root', TEST_USER, 'volsep']
 LIMITED = {'rules': [{'users': EVERYONE, 'allow': ['*']}],
            'pools': {'default': {'max_volume_size': GiB}}}
+# volsep-test may do anything, but only to web-* domains; nobody only to db.
+SCOPED = {'rules': [
+    {'users': ['root', 'volsep'], 'allow': ['*']},
+    {'users': [TEST_USER], 'domains': ['web-*'], 'allow': ['admin.*']},
+    {'users': ['nobody'], 'domains': ['db'],
+     'allow': ['admin.vm.*', 'admin.Events']}]}
 
 
 @pytest.fixture
@@ -201,3 +215,233 @@ def test_revert_and_snapshot_beyond_a_lowered_limit_are_refused(start, rig):
     assert rig.tree(f'{svc.state_dir}/pools') == before
     assert svc.json('volume', 'info', 'vm:root')['size'] == MiB
     assert [v['name'] for v in svc.json('volume', 'list', 'big')] == ['root']
+
+
+# -- per-domain scope --------------------------------------------------------
+
+def _as(rig, svc, user, *args):
+    """The CLI run as another unprivileged uid (root's setpriv)."""
+    rc, out, err = rig.run(
+        ['setpriv', f'--reuid={user}', '--regid=nogroup', '--clear-groups',
+         '--', f'{sh.VENV}/volsep', '--socket', svc.socket, *args],
+        env={'PATH': '/usr/bin:/bin'})
+    return rc, out.decode(errors='replace'), err.decode(errors='replace')
+
+
+def _scoped_service(start):
+    svc = start(SCOPED)
+    for address in ('web-1:root', 'web-2:root', 'db:root'):
+        rc, _, err = svc.cli('volume', 'create', address, '--pool',
+                             'default', '--size', '4M', as_root=True)
+        assert rc == 0, err
+    return svc
+
+
+def test_a_scoped_caller_reaches_only_its_domains(start, rig, tmp_path):
+    svc = _scoped_service(start)
+    pools = f'{svc.state_dir}/pools'
+    # a root CloneFrom token of a foreign volume cannot be used either
+    rc, out, err = rig.run(
+        [f'{sh.VENV}/python', '-c',
+         'import sys; from volsep.frontend import client; print(client.'
+         'Client(sys.argv[1]).call("admin.vm.volume.CloneFrom", '
+         'volume="db:root")["token"])', svc.socket],
+        env={'PATH': '/usr/bin:/bin'})
+    assert rc == 0, err
+    token = out.decode().strip()
+    before = rig.tree(pools)
+    denied_export = str(tmp_path / 'denied.raw')
+    export = str(tmp_path / 'out.raw')
+    for args in (('volume', 'export', 'db:root', denied_export),
+                 ('domain', 'start', 'db'),
+                 ('domain', 'stop', 'db'),
+                 ('volume', 'info', 'db:root'),
+                 ('volume', 'resize', 'db:root', '8M'),
+                 ('volume', 'remove', 'db:root'),
+                 ('volume', 'clone', 'db:root', 'web-1:root'),
+                 ('volume', 'clone', 'web-1:root', 'db:root'),
+                 ('volume', 'create', 'db:new', '--pool', 'default',
+                  '--size', '1M'),
+                 ('volume', 'create', 'web-1:snap', '--pool', 'default',
+                  '--kind', 'snapshot', '--source', 'db:root'),
+                 ('volume', 'list', 'db'),
+                 ('volume', 'list', 'web-1', 'db'),
+                 # "admin.*" matches these, but they act on every domain
+                 ('pool', 'add', 'more', 'file', '-o',
+                  f'dir_path={pools}/more'),
+                 ('pool', 'set', 'default', '-o', 'revisions_to_keep=5'),
+                 ('pool', 'remove', 'default')):
+        _refused(svc, *args, error='PermissionDenied')
+    from volsep.frontend import client
+    c = client.Client(svc.socket)
+    with pytest.raises(client.RemoteError) as refused:
+        c.call('admin.vm.volume.CloneTo', volume='web-1:root', token=token)
+    assert refused.value.error_class == 'PermissionDenied'
+    rc, _, err = svc.cli('domain', 'disk-xml', 'db')  # it has no -f json
+    assert rc == 1 and err.startswith('volsep: PermissionDenied: '), err
+    c.close()
+    assert 'only for domains matching web-*, not db' in svc.cli(
+        'volume', 'export', 'db:root', denied_export)[2]
+    assert rig.tree(pools) == before
+    # the CLI opens its output first; nothing was written into it
+    assert os.path.getsize(denied_export) == 0
+
+    # its own domains work
+    assert [(v['domain'], v['name']) for v in svc.json('volume', 'list')] \
+        == [('web-1', 'root'), ('web-2', 'root')]
+    assert [v['domain'] for v in svc.json('volume', 'list', 'web-2')] == \
+        ['web-2']
+    started = svc.json('domain', 'start', 'web-1')
+    rig.pwrite(started[0]['path'], 0, b'web-1 data')
+    svc.json('domain', 'stop', 'web-1')
+    svc.json('volume', 'export', 'web-1:root', export)
+    with open(export, 'rb') as f:
+        assert f.read(10) == b'web-1 data'
+    assert svc.json('volume', 'import', 'web-2:root', export)['size'] == \
+        4 * MiB
+    assert svc.json('volume', 'clone', 'web-1:root', 'web-2:root')
+    svc.json('volume', 'create', 'web-3:root', '--pool', 'default',
+             '--size', '1M')
+    assert [p['name'] for p in svc.json('pool', 'list')] == ['default']
+    # the import refused above, now that the file exists: web-1 is fine,
+    # db is not
+    before = rig.tree(pools)
+    _refused(svc, 'volume', 'import', 'db:root', export,
+             error='PermissionDenied')
+    assert rig.tree(pools) == before
+
+    # a second scoped uid sees only its own domain
+    rc, out, err = _as(rig, svc, 'nobody', 'volume', 'list', '-f', 'json')
+    assert rc == 0, err
+    assert [v['domain'] for v in json.loads(out)] == ['db']
+    rc, out, err = _as(rig, svc, 'nobody', 'domain', 'start', 'web-1',
+                       '-f', 'json')
+    assert rc == 1 and json.loads(out)['error'] == 'PermissionDenied'
+    rc, out, err = _as(rig, svc, 'nobody', 'domain', 'start', 'db', '-f',
+                       'json')
+    assert rc == 0, err
+    rc, out, err = _as(rig, svc, 'nobody', 'pool', 'list', '-f', 'json')
+    assert rc == 1 and json.loads(out)['error'] == 'PermissionDenied'
+    # root still sees everything
+    rc, out, err = svc.cli('volume', 'list', '-f', 'json', as_root=True)
+    assert {v['domain'] for v in json.loads(out)} == \
+        {'web-1', 'web-2', 'web-3', 'db'}
+
+
+def test_a_scoped_caller_hears_only_of_its_domains(start, rig):
+    from volsep.frontend import client
+    svc = _scoped_service(start)
+    listener = client.Client(svc.socket)
+    listener._send('admin.Events', {'patterns': ['*']})
+    assert listener._reply() == {'subscribed': ['*']}
+    received = []
+
+    def listen():
+        for line in iter(listener.stream.readline, b''):
+            received.append(json.loads(line))
+            if received[-1]['event'] == 'volume-removed':
+                return
+    thread = threading.Thread(target=listen, daemon=True)
+    thread.start()
+
+    def root(*args):
+        rc, _, err = svc.cli(*args, as_root=True)
+        assert rc == 0, (args, err)
+    root('pool', 'add', 'more', 'file', '-o',
+         f'dir_path={svc.state_dir}/pools/more')
+    root('volume', 'create', 'db:data', '--pool', 'more', '--size', '1M')
+    root('domain', 'start', 'db')
+    root('domain', 'stop', 'db')
+    root('volume', 'remove', 'db:data')
+    root('volume', 'create', 'web-1:data', '--pool', 'more', '--size', '1M')
+    root('domain', 'start', 'web-1')
+    root('domain', 'stop', 'web-1')
+    root('volume', 'remove', 'web-1:data')
+    thread.join(20)
+    listener.close()
+    kinds = [(e['event'], e['subject']) for e in received]
+    assert kinds[0] == ('volume-created', 'web-1:data'), kinds
+    assert ('domain-started', 'web-1') in kinds, kinds
+    assert kinds[-1] == ('volume-removed', 'web-1:data'), kinds
+    assert all(s in ('web-1', 'web-1:data', 'web-1:root') for _, s in kinds)
+
+
+# -- the rule file -----------------------------------------------------------
+
+def _peer(uid):
+    return peer_module.Peer(pid=1, uid=uid, gid=uid, groups=())
+
+
+def test_scope_semantics_of_check():
+    policy = policy_module.Policy([
+        {'uids': [50001], 'domains': ['web-*', 'api'], 'allow': ['*']},
+        {'uids': [50002], 'allow': ['admin.vm.*']}], {})
+    scoped, unscoped = _peer(50001), _peer(50002)
+    assert policy.check(unscoped, 'admin.vm.Start', {'domain': 'db'}) is None
+    allowed = [
+        ('admin.vm.Start', {'domain': 'web-1'}),
+        ('admin.vm.volume.Info', {'volume': 'api:root'}),
+        ('admin.vm.volume.Create', {'volume': 'web-1:s', 'pool': 'default',
+                                    'kind': 'snapshot',
+                                    'source': 'web-2:root'}),
+        ('admin.vm.volume.List', {}),
+        ('admin.vm.volume.List', {'domains': ['web-1', 'api']}),
+        ('admin.Events', {'patterns': ['*']}),
+        ('admin.pool.List', {}), ('admin.pool.Info', {'pool': 'default'})]
+    for method, params in allowed:
+        scope = policy.check(scoped, method, params)
+        assert scope is not None and scope.covers('web-9'), method
+        assert not scope.covers('db') and not scope.covers('apix')
+    denied = [
+        ('admin.vm.Start', {'domain': 'db'}),
+        ('admin.vm.volume.Info', {'volume': 'db:root'}),
+        ('admin.vm.volume.Create', {'volume': 'web-1:s', 'pool': 'default',
+                                    'kind': 'snapshot', 'source': 'db:root'}),
+        ('admin.vm.volume.List', {'domains': ['web-1', 'db']}),
+        ('admin.pool.Add', {'pool': 'x', 'driver': 'file'}),
+        ('admin.pool.Set', {'pool': 'default'}),
+        ('admin.pool.Remove', {'pool': 'default'}),
+        ('admin.vm.volume.Info', {}),   # names nothing: not a view
+        ('admin.pool.List', {'volume': 'db:root'})]
+    for method, params in denied:
+        with pytest.raises(errors.PermissionDenied):
+            policy.check(scoped, method, params)
+    with pytest.raises(errors.PermissionDenied):
+        policy.check(scoped, 'admin.vm.volume.CloneTo',
+                     {'volume': 'web-1:root', 'token': 't'},
+                     also=('db:root',))
+    with pytest.raises(errors.InvalidArgument):
+        policy.check(scoped, 'admin.vm.volume.Info', {'volume': 'web-1'})
+    scope = policy.check(scoped, 'admin.Events', {})
+    assert scope.sees_event({'event': 'volume-created',
+                             'subject': 'web-1:root'})
+    assert scope.sees_event({'event': 'domain-stopped', 'subject': 'api'})
+    for event, subject in (('volume-created', 'db:root'),
+                           ('domain-started', 'db'),
+                           ('pool-added', 'web-1'), ('volume-x', 'web-1')):
+        assert not scope.sees_event({'event': event, 'subject': subject})
+    assert scope.volumes([{'domain': 'web-1'}, {'domain': 'db'}]) == \
+        [{'domain': 'web-1'}]
+
+
+@pytest.mark.parametrize('document', [
+    # a misspelt "domains" would make the rule unscoped: refused
+    {'rules': [{'users': ['x'], 'domain': ['web-*'], 'allow': ['*']}]},
+    {'rules': [{'users': ['x'], 'domains': 'web-*', 'allow': ['*']}]},
+    {'rules': [{'users': ['x'], 'domains': [], 'allow': ['*']}]},
+    {'rules': [{'users': ['x'], 'allow': '*'}]},
+    {'rules': [], 'pools': {'default': {'max_volume_size': '1G'}}},
+    {'rules': [], 'pools': {'default': {'max_volume_size': -1}}},
+    {'rules': [], 'pools': {'default': {'max_size': 1}}},
+])
+def test_policy_file_mistakes_are_refused(tmp_path, document):
+    path = tmp_path / 'policy.json'
+    path.write_text(json.dumps(document))
+    with pytest.raises(errors.StorageError):
+        policy_module.Policy.load(str(path))
+
+
+def test_shipped_sample_policy_loads():
+    sample = f'{os.environ["VOLSEP_TEST_ETC"]}/policy.json.sample'
+    policy = policy_module.Policy.load(sample)
+    assert any('domains' in rule for rule in policy.rules)
