@@ -429,7 +429,6 @@ def test_scope_semantics_of_check():
     {'rules': [{'users': ['x'], 'domain': ['web-*'], 'allow': ['*']}]},
     {'rules': [{'users': ['x'], 'domains': 'web-*', 'allow': ['*']}]},
     {'rules': [{'users': ['x'], 'domains': [], 'allow': ['*']}]},
-    {'rules': [{'users': ['x'], 'allow': '*'}]},
     {'rules': [], 'pools': {'default': {'max_volume_size': '1G'}}},
     {'rules': [], 'pools': {'default': {'max_volume_size': -1}}},
     {'rules': [], 'pools': {'default': {'max_size': 1}}},
