@@ -74,6 +74,10 @@ class Api:
         self.limits = limits or admission.Limits()
         self.admission = admission.Admission(self.limits, self._trusted)
         self.service_uid = os.getuid()
+        # The policy's per-pool max_volume_size holds for every size the
+        # manager sets, next to each pool's own option.
+        manager.size_limits = lambda pool: policy.pool_limit(
+            pool, 'max_volume_size')
         self.executor = concurrent.futures.ThreadPoolExecutor(workers)
         self._clone_tokens = {}
         m = manager
@@ -156,13 +160,8 @@ class Api:
     # -- handlers ----------------------------------------------------------
 
     def _create(self, p):
-        pool = _param(p, 'pool')
-        limit = self.policy.pool_limit(pool, 'max_volume_size')
-        size = p.get('size', 0)
-        if limit is not None and p.get('kind', 'persistent') != 'snapshot':
-            validation.size(size, limit)
         return self.manager.create_volume(
-            _param(p, 'volume'), pool, size=size,
+            _param(p, 'volume'), _param(p, 'pool'), size=p.get('size', 0),
             kind=p.get('kind', 'persistent'), source=p.get('source'),
             revisions_to_keep=p.get('revisions_to_keep'),
             rw=p.get('rw', True), fmt=p.get('format'))
@@ -180,6 +179,15 @@ class Api:
             raise errors.InvalidArgument('unknown or used clone token')
         return self.manager.clone(source, _param(p, 'volume'))
 
+    def _clone_source(self, method, params):
+        """The source address behind a CloneTo token, which the policy
+        counts as named by the request."""
+        token = params.get('token')
+        if method != 'admin.vm.volume.CloneTo' or type(token) is not str:
+            return ()
+        source = self._clone_tokens.get(token)
+        return (source,) if source else ()
+
     async def _run(self, func, *args):
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, func, *args)
@@ -196,7 +204,7 @@ class Api:
                 if verb == 'stopped' and vol['kind'] == 'persistent':
                     self.hub.publish('volume-committed', address)
 
-    async def _import(self, request_id, params, reader, writer):
+    async def _import(self, request_id, params, reader, writer, scope):
         address = _param(params, 'volume')
         size = validation.size(_param(params, 'size'))
         fmt = params.get('format', 'raw')
@@ -206,8 +214,7 @@ class Api:
             raise errors.InvalidArgument(
                 f'pool {pool} accepts imports in {", ".join(allowed)}, not '
                 f'{fmt!r}')
-        await self._run(self.manager.import_begin, address, size, fmt,
-                        self.policy.pool_limit(pool, 'max_volume_size'))
+        await self._run(self.manager.import_begin, address, size, fmt)
         success = False
         try:
             # Inside the try: a peer gone (or stalled) before it read
@@ -321,7 +328,7 @@ class Api:
                                    f'{timeout:g} s: stream aborted') \
                         from None
 
-    async def _export(self, request_id, params, reader, writer):
+    async def _export(self, request_id, params, reader, writer, scope):
         address = _param(params, 'volume')
         export = await self._run(self.manager.export_begin, address,
                                  params.get('format', 'raw'))
@@ -349,12 +356,14 @@ class Api:
             await self._run(self.manager.export_end, address, path)
         return None
 
-    async def _events(self, request_id, params, reader, writer):
+    async def _events(self, request_id, params, reader, writer, scope):
         patterns = params.get('patterns', ['*'])
         if not isinstance(patterns, list) or not all(
                 type(p) is str for p in patterns):
             raise errors.InvalidArgument('patterns must be a list of strings')
-        queue = self.hub.subscribe(patterns)
+        # A domain-scoped caller hears only of its own domains.
+        queue = self.hub.subscribe(
+            patterns, scope.sees_event if scope is not None else None)
         try:
             writer.write(protocol.encode({'id': request_id,
                                           'result': {'subscribed': patterns}}))
@@ -456,14 +465,16 @@ class Api:
         try:
             request_id, method, params = protocol.decode_request(line)
             try:
-                self.policy.check(caller, method)
+                # None, or the caller's domain scope (policy.py).
+                scope = self.policy.check(caller, method, params,
+                                          self._clone_source(method, params))
             except errors.PermissionDenied:
                 AUDIT.warning('denied uid=%s gid=%s pid=%s method=%s',
                               caller.uid, caller.gid, caller.pid, method)
                 raise
             if method in self.streaming:
                 result = await self.streaming[method](request_id, params,
-                                                      reader, writer)
+                                                      reader, writer, scope)
                 if method == 'admin.vm.volume.Export':
                     return None
                 return {'id': request_id, 'result': result}
@@ -471,6 +482,8 @@ class Api:
                 raise errors.InvalidArgument(f'unknown method {method!r}')
             handler, event = self.simple[method]
             result = await self._run(handler, params)
+            if scope is not None and method == 'admin.vm.volume.List':
+                result = scope.volumes(result)
             if event:
                 self._publish(event, params, result)
             return {'id': request_id, 'result': result}

@@ -25,6 +25,7 @@ from volsep.frontend import state as state_module
 from volsep.privileged import chain as root_chain
 from volsep.privileged import errors as root_errors
 from volsep.privileged import images
+from volsep.privileged import qemu
 
 
 def _is_no_space(exc):
@@ -86,6 +87,9 @@ class _PendingImport:
     fmt: str
     check: object           # images.ImageCheck; None for raw
     inspected: bool = False
+    path: str = None        # the file the stream goes into
+    max_size: int = None    # the largest size the volume may take
+    limit_text: str = ''    # where that bound comes from, for errors
 
 
 def parse_address(address):
@@ -115,6 +119,9 @@ class Manager:
         # entry (see _volume_lock), so a cached size is never stale.
         self._sizes = {}
         self._epochs = collections.Counter()  # lock releases per volume
+        # pool name -> an extra byte limit or None, on top of each pool's
+        # max_volume_size option; volsepd sets it from the policy file.
+        self.size_limits = None
         self._load()
 
     # -- state -------------------------------------------------------------
@@ -220,6 +227,35 @@ class Manager:
     def _dependents(self, config):
         return [c for d in self.domains.values() for c in d.volumes.values()
                 if c.source is config]
+
+    # -- size limits -------------------------------------------------------
+
+    def size_limit(self, pool_name):
+        """The largest size a volume of the pool may be made: the smaller
+        of the pool's max_volume_size option and the policy's limit; with a
+        description of where it comes from."""
+        limit = self._pool(pool_name).options['max_volume_size']
+        source = f'pool {pool_name} option max_volume_size'
+        extra = self.size_limits(pool_name) if self.size_limits else None
+        if extra is not None and extra < limit:
+            limit, source = extra, f'policy max_volume_size of pool ' \
+                f'{pool_name}'
+        return limit, source
+
+    def _check_size(self, pool_name, size, current, what, cap=None):
+        """Refuse (InvalidArgument) to make a volume larger than its pool's
+        limit, or than ``cap`` if that is smaller; a size no larger than
+        the volume's ``current`` one is always allowed (shrinking, or
+        keeping a size a lowered limit no longer admits). Returns the
+        bound that applies and where it comes from."""
+        limit, source = self.size_limit(pool_name)
+        if cap is not None and cap < limit:
+            limit, source = cap, 'the caller\'s limit'
+        if size > limit and size > current:
+            raise errors.InvalidArgument(
+                f'{what}: {size} bytes exceeds the limit of {limit} bytes '
+                f'({source})')
+        return max(limit, current), source
 
     # -- pools -------------------------------------------------------------
 
@@ -339,13 +375,17 @@ class Manager:
                 if source_config.kind != 'persistent':
                     raise errors.InvalidArgument(
                         f'source {source} is not a persistent volume')
+                # The snapshot is a new volume of the source's size.
+                self._check_size(
+                    pool, self._volume(source_config).state()['size'], 0,
+                    f'snapshot {address} of {source}')
                 size = 0
             elif source is not None:
                 raise errors.InvalidArgument(
                     'only snapshot volumes have a source')
             else:
-                size = validation.size(
-                    size, pool_obj.options['max_volume_size'])
+                size = validation.size(size)
+                self._check_size(pool, size, 0, f'creating {address}')
             if revisions_to_keep is None:
                 revisions_to_keep = pool_obj.options['revisions_to_keep']
             formats = pool_obj.capabilities.volume_formats
@@ -458,8 +498,7 @@ class Manager:
 
     def resize(self, address, size, force=False):
         config = self._config(address)
-        pool = self._pool(config.pool)
-        size = validation.size(size, pool.options['max_volume_size'])
+        size = validation.size(size)
         with self._volume_lock(config):
             if config.kind == 'snapshot':
                 raise errors.InvalidArgument(
@@ -468,6 +507,8 @@ class Manager:
                 raise errors.InvalidArgument(f'{address} is read-only')
             volume = self._volume(config)
             current = volume.state()['size']
+            self._check_size(config.pool, size, current,
+                             f'resizing {address}')
             running = self._running(config)
             if size < current and not force:
                 raise errors.InvalidArgument(
@@ -500,7 +541,19 @@ class Manager:
                     f'revision must be a whole number, not {revision!r}')
         with self._volume_lock(config):
             self._check_stopped_persistent(config, 'revert')
-            self._volume(config).revert(revision)
+            volume = self._volume(config)
+            if self._pool(config.pool).capabilities.revert:
+                # The restored revision's size may exceed a limit lowered
+                # since it was made.
+                found = volume.revisions()
+                target = found[-1:] if revision is None else \
+                    [r for r in found if r['id'] == revision]
+                if target:
+                    self._check_size(
+                        config.pool, target[0]['size'],
+                        volume.state()['size'],
+                        f'reverting {address} to revision {target[0]["id"]}')
+            volume.revert(revision)
         return self.volume_info(address)
 
     def _check_stopped_persistent(self, config, what):
@@ -521,7 +574,7 @@ class Manager:
         file the stream goes into. A raw stream becomes the volume as it
         is; any other format is inspected as it arrives (import_inspect)
         and converted at import_end. The volume (for raw, the stream) may
-        not exceed ``max_size`` nor the pool's max_volume_size."""
+        not exceed ``max_size`` nor the pool's limit (size_limit)."""
         config = self._config(address)
         pool = self._pool(config.pool)
         formats = pool.capabilities.import_formats
@@ -529,17 +582,22 @@ class Manager:
             raise errors.InvalidArgument(
                 f'pool {config.pool} imports {", ".join(formats)}, not '
                 f'{fmt!r}')
-        limit = min(pool.options['max_volume_size'],
-                    validation.MAX_SIZE if max_size is None else max_size)
-        if fmt == 'raw':
-            size, check = validation.size(size, limit), None
-        else:
-            size = validation.size(size)
-            check = images.ImageCheck(fmt, limit)
+        size = validation.size(size)
         with self._volume_lock(config):
             self._check_stopped_persistent(config, 'import into')
-            path = self._volume(config).import_begin(size, fmt)
-            self._importing[config.vid] = _PendingImport(fmt, check)
+            volume = self._volume(config)
+            # A raw stream is the volume; a non-raw image's virtual size
+            # is checked from its headers and again by qemu-img (import_end).
+            bound, source = self._check_size(
+                config.pool, size if fmt == 'raw' else 0,
+                volume.state()['size'], f'importing into {address}',
+                cap=max_size)
+            check = None if fmt == 'raw' else images.ImageCheck(fmt, bound)
+            path = volume.import_begin(size, fmt)
+            self._importing[config.vid] = _PendingImport(
+                fmt, check, path=path, max_size=bound,
+                limit_text=f'the limit of {bound} bytes for {address} '
+                f'({source})')
             return path
 
     def _pending_import(self, config):
@@ -577,6 +635,7 @@ class Manager:
             try:
                 if success and pending.check is not None:
                     pending.check.conclude()
+                    self._check_virtual_size(pending)
                 volume.import_end(bool(success), pending.fmt)
             except Exception:
                 if success:
@@ -585,6 +644,21 @@ class Manager:
             finally:
                 self._importing.pop(config.vid, None)
         return self.volume_info(address)
+
+    @staticmethod
+    def _check_virtual_size(pending):
+        """The header check reads the virtual size as format_inspector
+        does; qemu-img, which does the conversion, may read another (a VHD
+        footer's CHS geometry instead of its size field). What qemu-img
+        reads is what the volume becomes, so that is what must fit."""
+        virtual = qemu.info(pending.path, pending.fmt).get('virtual-size')
+        if type(virtual) is not int or virtual < 0:
+            raise errors.UnsafeImage(f'qemu-img reports no virtual size for '
+                                     f'the {pending.fmt} image')
+        if virtual > pending.max_size:
+            raise errors.UnsafeImage(
+                f'qemu-img reads a virtual size of {virtual} bytes from the '
+                f'{pending.fmt} image, which exceeds {pending.limit_text}')
 
     def export_begin(self, address, fmt='raw'):
         config = self._config(address)
@@ -631,7 +705,14 @@ class Manager:
         first, second = sorted((source, target), key=lambda c: c.vid)
         with self._volume_lock(first), self._volume_lock(second):
             self._check_stopped_persistent(target, 'clone into')
-            self._volume(target).import_from(self._volume(source))
+            target_volume = self._volume(target)
+            # The target takes the source's size.
+            self._check_size(target.pool,
+                             self._volume(source).state()['size'],
+                             target_volume.state()['size'],
+                             f'cloning {source_address} into '
+                             f'{target_address}')
+            target_volume.import_from(self._volume(source))
         return self.volume_info(target_address)
 
     def clear(self, address):

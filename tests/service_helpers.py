@@ -14,7 +14,8 @@ from tests import procs
 from tests import rig
 from tests.conftest import ROOTS
 
-# The venv running the suite (tests/run: VOLSEP_VENV), not a fixed one.
+# The venv tests/run runs pytest from (VOLSEP_VENV), not a fixed one: the
+# volsepd under test must be the code being tested.
 VENV = os.path.dirname(sys.executable)
 SERVICE_USER = 'volsep'
 
