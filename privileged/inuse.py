@@ -27,7 +27,7 @@ _PAUSE = 0.005
 
 
 def _flock(fd, path, operation):
-    for attempt in range(_ATTEMPTS):
+    for _ in range(_ATTEMPTS):
         try:
             fcntl.flock(fd, operation | fcntl.LOCK_NB)
             return
