@@ -90,6 +90,8 @@ class _PendingImport:
     path: str = None        # the file the stream goes into
     max_size: int = None    # the largest size the volume may take
     limit_text: str = ''    # where that bound comes from, for errors
+    pool: str = None        # where the stream's bytes are reserved
+    reserved: int = 0
 
 
 def parse_address(address):
@@ -114,6 +116,7 @@ class Manager:
         # start in parallel under their own locks.
         self._domain_locks = collections.defaultdict(threading.Lock)
         self._importing = {}  # vid -> _PendingImport
+        self._reserved = collections.Counter()  # pool -> bytes of streams
         # Sizes for `volume list`, read from disk: only volsep changes a
         # volume's files and always under its lock, whose release drops the
         # entry (see _volume_lock), so a cached size is never stale.
@@ -423,7 +426,9 @@ class Manager:
                 del domain.volumes[config.name]
                 if not domain.volumes:
                     del self.domains[config.domain]
-                self._importing.pop(config.vid, None)
+                pending = self._importing.pop(config.vid, None)
+                if pending is not None:
+                    self._release(pending.pool, pending.reserved)
                 self._save()
 
     def volume_info(self, address):
@@ -593,12 +598,34 @@ class Manager:
                 volume.state()['size'], f'importing into {address}',
                 cap=max_size)
             check = None if fmt == 'raw' else images.ImageCheck(fmt, bound)
-            path = volume.import_begin(size, fmt)
+            self._reserve(config.pool, size)
+            try:
+                path = volume.import_begin(size, fmt)
+            except BaseException:
+                self._release(config.pool, size)
+                raise
             self._importing[config.vid] = _PendingImport(
                 fmt, check, path=path, max_size=bound,
                 limit_text=f'the limit of {bound} bytes for {address} '
-                f'({source})')
+                f'({source})', pool=config.pool, reserved=size)
             return path
+
+    def _reserve(self, pool, size):
+        """Space for a stream of ``size`` bytes, next to what the imports
+        in progress into the same pool will still write: refused at once
+        when they cannot all fit, not after gigabytes."""
+        free = self._pool(pool).usage()['free']
+        with self._lock:
+            others = self._reserved[pool]
+            if size > free - others:
+                raise errors.StorageError(
+                    f'pool {pool}: no space for {size} bytes: {free} free, '
+                    f'{others} of them reserved by imports in progress')
+            self._reserved[pool] += size
+
+    def _release(self, pool, size):
+        with self._lock:
+            self._reserved[pool] -= size
 
     def _pending_import(self, config):
         pending = self._importing.get(config.vid)
@@ -643,6 +670,7 @@ class Manager:
                 raise
             finally:
                 self._importing.pop(config.vid, None)
+                self._release(pending.pool, pending.reserved)
         return self.volume_info(address)
 
     @staticmethod

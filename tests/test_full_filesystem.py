@@ -84,3 +84,20 @@ def test_a_stream_that_does_not_fit_is_a_storage_error(full_pool, rig,
     with pytest.raises(errors.StorageError, match='pool tiny: no space'):
         _stream(mgr, 'vm:root', raw, 'raw')
     assert rig.tree(volume_dir) == before
+
+
+def test_imports_that_cannot_all_fit_fail_at_their_start(full_pool, rig):
+    """Two 100 MiB streams into a 160 MiB filesystem: the second is
+    refused before a byte is sent; once the first ends, it is accepted."""
+    mgr, base = full_pool
+    mgr.create_volume('a:root', 'tiny', MiB)
+    mgr.create_volume('b:root', 'tiny', MiB)
+    mgr.import_begin('a:root', 100 * MiB)
+    b_dir = f'{base}/tiny/b/root'
+    before = rig.tree(b_dir)
+    with pytest.raises(errors.StorageError, match='reserved by imports'):
+        mgr.import_begin('b:root', 100 * MiB)
+    assert rig.tree(b_dir) == before
+    mgr.import_end('a:root', False)
+    mgr.import_begin('b:root', 100 * MiB)
+    mgr.import_end('b:root', False)
