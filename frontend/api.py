@@ -84,6 +84,7 @@ class Api:
         # method -> (handler(params), event or None)
         self.simple = {
             'admin.pool.List': (lambda p: m.list_pools(), None),
+            'admin.audit.Verify': (lambda p: m.audit_verify(), None),
             'admin.pool.ListDrivers': (lambda p: m.list_drivers(), None),
             'admin.pool.Info': (lambda p: m.pool_info(_param(p, 'pool')),
                                 None),

@@ -105,18 +105,27 @@ def _limits():
     return admission.fit_descriptor_limit(limits)
 
 
-def _prepare_directory(state_dir, user, system):
+def _check_private(state_dir):
     try:
         ownership.check(state_dir, os.geteuid())
     except ownership.NotPrivate as err:
         raise SystemExit(f'volsepd: refusing --state-dir {state_dir}: {err}')
+
+
+def _prepare_directory(state_dir, user, system):
+    _check_private(state_dir)
     os.makedirs(state_dir, mode=0o755, exist_ok=True)
+    # Again once it exists: someone may have made it between the check
+    # and makedirs (in a sticky /var/tmp, say). From here on nobody else
+    # can change what is inside it.
+    _check_private(state_dir)
     os.makedirs(os.path.join(state_dir, 'pools'), mode=0o755, exist_ok=True)
     frontend_state = os.path.join(state_dir, 'state')
     os.makedirs(frontend_state, mode=0o700, exist_ok=True)
     if system:
         entry = pwd.getpwnam(user)
-        os.chown(frontend_state, entry.pw_uid, entry.pw_gid)
+        os.chown(frontend_state, entry.pw_uid, entry.pw_gid,
+                 follow_symlinks=False)
     return frontend_state
 
 

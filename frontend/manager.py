@@ -22,6 +22,7 @@ from volsep.frontend import chains
 from volsep.frontend import drivers
 from volsep.frontend import libvirt_xml
 from volsep.frontend import state as state_module
+from volsep.privileged import audit as root_audit
 from volsep.privileged import chain as root_chain
 from volsep.privileged import errors as root_errors
 from volsep.privileged import images
@@ -890,6 +891,10 @@ class Manager:
                 f'{address} is {config.kind}: only persistent volumes keep '
                 f'a chain')
         return config, self._volume(config)
+
+    def audit_verify(self):
+        """The root side's verdict on its own audit log."""
+        return root_audit.verify()
 
     def chain_validate(self, address):
         """The chain a hypervisor gets (while running: the overlay and what

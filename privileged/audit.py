@@ -8,6 +8,7 @@ it.
 """
 
 import datetime
+import fcntl
 import functools
 import hashlib
 import json
@@ -16,6 +17,7 @@ import threading
 import time
 
 from volsep.privileged import config
+from volsep.privileged import contexts
 from volsep.privileged import errors
 
 GENESIS = '0' * 64
@@ -73,24 +75,24 @@ def _last_line(fd):
 
 
 class AuditLog:
+    """Appends records to one file shared by both root daemons: the
+    sequence number and previous hash come from the file itself, read and
+    extended under an exclusive flock, so the two daemons' records form one
+    chain. A daemon remembers where its own last record ended, so it reads
+    the tail only when the other daemon has written since."""
+
     def __init__(self, path):
         self._path = path
         self._lock = threading.Lock()
         self._fd = None
-        self._prev = GENESIS
-        self._seq = 0
+        self._rfd = None
+        self._known = None   # (file size, seq, hash) after our last record
 
     def _open(self):
         fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT |
                      os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        rfd = os.open(self._path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            last = _last_line(rfd)
-        finally:
-            os.close(rfd)
-        if last:
-            self._prev = line_hash(last)
-            self._seq = json.loads(last)['seq']
+        self._rfd = os.open(self._path,
+                            os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         self._fd = fd
 
     def ensure_open(self):
@@ -98,19 +100,37 @@ class AuditLog:
             if self._fd is None:
                 try:
                     self._open()
-                except (OSError, ValueError, KeyError) as err:
+                except OSError as err:
                     raise errors.ConfigurationError(
                         f'audit log {self._path} is unusable: {err}')
 
+    def _chain_end(self, size):
+        if self._known is not None and self._known[0] == size:
+            return self._known[1], self._known[2]
+        last = _last_line(self._rfd)
+        if not last:
+            return 0, GENESIS
+        try:
+            return json.loads(last)['seq'], line_hash(last)
+        except (ValueError, KeyError, TypeError) as err:
+            raise errors.ConfigurationError(
+                f'audit log {self._path}: its last line is unusable: {err}')
+
     def append(self, record):
         with self._lock:
-            self._seq += 1
-            record['seq'] = self._seq
-            record['prev'] = self._prev
-            line = json.dumps(record, sort_keys=True, separators=(',', ':'),
-                              default=repr)
-            os.write(self._fd, (line + '\n').encode())
-            self._prev = line_hash(line)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                seq, prev = self._chain_end(os.fstat(self._fd).st_size)
+                record['seq'] = seq + 1
+                record['prev'] = prev
+                line = json.dumps(record, sort_keys=True,
+                                  separators=(',', ':'), default=repr)
+                data = (line + '\n').encode()
+                os.write(self._fd, data)
+                self._known = (os.fstat(self._fd).st_size, seq + 1,
+                               line_hash(line))
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
 
 
 _log = None
@@ -126,6 +146,68 @@ def _the_log():
     return _log
 
 
+def _record(name, args, kwargs, outcome, started, **extra):
+    return dict({
+        'time': datetime.datetime.now(datetime.timezone.utc)
+        .isoformat(timespec='microseconds').replace('+00:00', 'Z'),
+        'entrypoint': name,
+        'args': _summarise(args),
+        'kwargs': _summarise(kwargs),
+        'caller': _caller(),
+        'outcome': outcome,
+        'duration_ms': round((time.monotonic() - started) * 1000, 3),
+    }, **extra)
+
+
+class _Streams:
+    """Chunk calls of one stream (write_at/read_at on one path) summed up:
+    the first chunk is recorded as it happens, the rest as one summary
+    record when the next call about that path comes (the import's rename,
+    the export's unlink), every STREAM_BYTES, or when the daemon exits."""
+
+    STREAM_BYTES = 1 << 30
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._open = {}   # (entrypoint, path) -> summary
+
+    def chunk(self, log, name, path, offset, length):
+        """True if this chunk belongs to a stream already recorded."""
+        with self._lock:
+            summary = self._open.get((name, path))
+            if summary is None:
+                self._open[(name, path)] = {'chunks': 0, 'bytes': 0,
+                                            'first_offset': offset,
+                                            'end_offset': offset + length}
+                return False
+            summary['chunks'] += 1
+            summary['bytes'] += length
+            summary['end_offset'] = max(summary['end_offset'],
+                                        offset + length)
+            full = summary['bytes'] >= self.STREAM_BYTES
+        if full:
+            self.flush(log, path)
+        return True
+
+    def flush(self, log, path=None):
+        with self._lock:
+            keys = [k for k in self._open if path is None or k[1] == path]
+            summaries = [(k, self._open.pop(k)) for k in keys]
+        for (name, stream_path), summary in summaries:
+            if summary['chunks']:
+                log.append(_record(name, (stream_path,), {}, 'ok',
+                                   time.monotonic(), stream=summary))
+
+
+_streams = _Streams()
+
+
+def flush_streams():
+    """Write the summaries still open (the daemon is about to exit)."""
+    if _log is not None:
+        _streams.flush(_log)
+
+
 def audited(func):
     """Record every call of a root-side function, refusing to run it when
     the record cannot be written."""
@@ -134,6 +216,8 @@ def audited(func):
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         log = _the_log()
+        if args and isinstance(args[0], str):
+            _streams.flush(log, args[0])   # a stream on it has ended
         started = time.monotonic()
         outcome = 'ok'
         try:
@@ -142,16 +226,32 @@ def audited(func):
             outcome = f'{type(err).__name__}: {err}'
             raise
         finally:
-            log.append({
-                'time': datetime.datetime.now(datetime.timezone.utc)
-                .isoformat(timespec='microseconds').replace('+00:00', 'Z'),
-                'entrypoint': name,
-                'args': _summarise(args),
-                'kwargs': _summarise(kwargs),
-                'caller': _caller(),
-                'outcome': outcome,
-                'duration_ms': round((time.monotonic() - started) * 1000, 3),
-            })
+            log.append(_record(name, args, kwargs, outcome, started))
+    return wrapper
+
+
+def audited_stream(func):
+    """Like audited, for the chunk calls of a stream (path, offset, data or
+    length): the first chunk and any failing one are recorded as they
+    happen, the others summed up (_Streams)."""
+    name = f'{func.__module__}.{func.__name__}'
+
+    @functools.wraps(func)
+    def wrapper(path, offset, payload):
+        log = _the_log()
+        started = time.monotonic()
+        try:
+            result = func(path, offset, payload)
+        except Exception as err:
+            _streams.flush(log, path)
+            log.append(_record(name, (path, offset, payload), {},
+                               f'{type(err).__name__}: {err}', started))
+            raise
+        length = payload if isinstance(payload, int) else len(payload)
+        if not _streams.chunk(log, name, path, offset, length):
+            log.append(_record(name, (path, offset, payload), {}, 'ok',
+                               started, stream='start'))
+        return result
     return wrapper
 
 
@@ -180,3 +280,14 @@ def verify_lines(lines):
 def read_lines(path):
     with open(path, encoding='utf-8', errors='replace') as f:
         return f.read().splitlines()
+
+
+@contexts.file_ops.entrypoint
+@audited
+def verify():
+    """Check this root side's own log (which only root may read):
+    {ok, lines, verified, problem}."""
+    lines = read_lines(config.load().audit_log)
+    ok, count, problem = verify_lines(lines)
+    return {'ok': ok, 'lines': len(lines), 'verified': count,
+            'problem': problem or None}

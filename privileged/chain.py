@@ -140,7 +140,8 @@ def _checked(layers):
     with contextlib.ExitStack() as stack:
         opened = []
         for path, fmt in chain:
-            fd, st = stack.enter_context(paths.regular_file(path, os.O_RDWR))
+            fd, st = stack.enter_context(paths.regular_file(path,
+                                                            os.O_RDONLY))
             inuse.hold(fd, path)
             opened.append(_Layer(path, fmt, fd, st))
         for index, layer in enumerate(opened):
@@ -157,12 +158,21 @@ def _checked(layers):
 
 def _run(argv, opened, target, writable):
     """qemu-img on ``target`` (given as its checked descriptor), able to
-    open the chain's checked inodes only, and to write only ``writable``."""
-    written = {layer.fd for layer in writable}
-    qemu.run_img(argv + [qemu.fd_path(target.fd)], target.path,
-                 readable=[layer.fd for layer in opened
-                           if layer.fd not in written],
-                 writable=sorted(written))
+    open the chain's checked inodes only, and to write only ``writable``:
+    those are taken exclusively first (no other job may be reading what
+    this one changes) and handed over writable, the rest read-only."""
+    with contextlib.ExitStack() as stack:
+        handed = {}
+        for layer in writable:
+            inuse.claim(layer.fd, layer.path)   # our hold, made exclusive
+            fd = paths.reopen(layer.fd, os.O_RDWR)
+            stack.callback(os.close, fd)
+            handed[layer.fd] = fd
+        qemu.run_img(argv + [qemu.fd_path(handed.get(target.fd, target.fd))],
+                     target.path,
+                     readable=[layer.fd for layer in opened
+                               if layer.fd not in handed],
+                     writable=sorted(handed.values()))
 
 
 def _index(value, low, high, name):

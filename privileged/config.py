@@ -28,15 +28,21 @@ _OPTS = [
                help='RLIMIT_CPU for every qemu-img child.'),
     cfg.IntOpt('qemu_img_address_space_mib', default=2048, min=16,
                help='RLIMIT_AS for every qemu-img child.'),
+    cfg.IntOpt('qemu_img_wall_seconds', default=3600, min=1,
+               help='Wall-clock limit for every qemu-img child: one that '
+                    'blocks (on a socket, say) is killed, so it can never '
+                    'hold a root daemon thread or its files for good.'),
 ]
 
 
 class RootConfig:
-    def __init__(self, allowed_roots, audit_log, cpu_seconds, as_bytes):
+    def __init__(self, allowed_roots, audit_log, cpu_seconds, as_bytes,
+                 wall_seconds):
         self.allowed_roots = allowed_roots
         self.audit_log = audit_log
         self.qemu_img_cpu_seconds = cpu_seconds
         self.qemu_img_address_space = as_bytes
+        self.qemu_img_wall_seconds = wall_seconds
 
 
 _lock = threading.Lock()
@@ -88,7 +94,8 @@ def load():
                 _normalise_roots(section.allowed_roots),
                 section.audit_log,
                 section.qemu_img_cpu_seconds,
-                section.qemu_img_address_space_mib * 1024 * 1024)
+                section.qemu_img_address_space_mib * 1024 * 1024,
+                section.qemu_img_wall_seconds)
         return _loaded
 
 

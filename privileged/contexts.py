@@ -34,6 +34,7 @@ ALL = (file_ops, long_jobs)
 # entrypoints of these modules and refuses every other name (guard.py).
 MODULES = {
     'volsep_privileged_files': ('volsep.privileged.files',
+                                'volsep.privileged.audit',
                                 'volsep.privileged.qemu',
                                 'volsep.privileged.chain'),
     'volsep_privileged_jobs': ('volsep.privileged.qemu',

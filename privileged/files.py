@@ -103,7 +103,7 @@ def truncate(path, size, allow_shrink=False):
 
 
 @contexts.file_ops.entrypoint
-@audit.audited
+@audit.audited_stream
 def write_at(path, offset, data):
     """Write one chunk of an import stream into an existing file, within
     its size (imports have an exact size fixed at their start)."""
@@ -122,7 +122,7 @@ def write_at(path, offset, data):
 
 
 @contexts.file_ops.entrypoint
-@audit.audited
+@audit.audited_stream
 def read_at(path, offset, length):
     """Read one chunk of an export stream."""
     validate.size(offset, 'offset')

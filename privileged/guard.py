@@ -27,6 +27,7 @@ import traceback
 from oslo_privsep import comm
 from oslo_privsep import daemon
 
+from volsep.privileged import audit
 from volsep.privileged import contexts
 from volsep.privileged import errors
 
@@ -93,7 +94,10 @@ def serve(sock, context):
     channel = comm.ServerChannel(sock)
     daemon.replace_logging(daemon.PrivsepLogHandler(
         channel, processName=str(context)))
-    GuardedDaemon(channel, context).run()
+    try:
+        GuardedDaemon(channel, context).run()
+    finally:
+        audit.flush_streams()
 
 
 def fork_daemon(context):

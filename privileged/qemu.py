@@ -12,6 +12,7 @@ import contextlib
 import errno
 import json
 import os
+import subprocess
 
 from volsep.privileged import audit
 from volsep.privileged import config
@@ -42,10 +43,15 @@ def run_img(argv, what, readable=(), writable=()):
     """qemu-img confined to the ``readable`` and ``writable`` descriptors,
     its failures mapped to LimitsExceeded or InvalidImage."""
     conf = config.load()
-    result = confined.run(
-        [QEMU_IMG] + argv, cpu_seconds=conf.qemu_img_cpu_seconds,
-        address_space=conf.qemu_img_address_space, readable=readable,
-        writable=writable)
+    try:
+        result = confined.run(
+            [QEMU_IMG] + argv, cpu_seconds=conf.qemu_img_cpu_seconds,
+            address_space=conf.qemu_img_address_space, readable=readable,
+            writable=writable, timeout=conf.qemu_img_wall_seconds)
+    except subprocess.TimeoutExpired:
+        raise errors.LimitsExceeded(
+            f'{what}: qemu-img ran longer than '
+            f'{conf.qemu_img_wall_seconds} s and was killed') from None
     if result.returncode == 0:
         return result.stdout
     message = result.stderr.strip().splitlines()[-1:] or ['']

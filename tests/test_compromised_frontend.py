@@ -254,3 +254,35 @@ def test_a_file_in_use_cannot_be_changed(xfs_dir, rig):
         rig.release_in_use(holder)
     files.write_at(f'{xfs_dir}/held', 0, b'x')
     files.unlink(f'{xfs_dir}/held')
+
+
+def _qcow2_over(tmp_path, backing):
+    data = tmp_path / 'data.raw'
+    data.write_bytes(b'X' * MiB)
+    top = tmp_path / 't.qcow2'
+    subprocess.run(['qemu-img', 'convert', '-q', '-f', 'raw', '-O', 'qcow2',
+                    str(data), str(top)], check=True)
+    subprocess.run(['qemu-img', 'rebase', '-q', '-u', '-f', 'qcow2', '-b',
+                    backing, '-F', 'raw', str(top)], check=True)
+    return top.read_bytes()
+
+
+def test_a_job_cannot_write_a_file_another_job_holds(xfs_dir, rig,
+                                                     tmp_path):
+    """A job checked a file and holds it: a second job that would write it
+    (a commit into it as a raw base) is refused, as write_at is, so the
+    first job's check still describes what its qemu-img reads (found by
+    review: both took shared marks)."""
+    base, top = f'{xfs_dir}/F.raw', f'{xfs_dir}/T.qcow2'
+    files.create(base, MiB)
+    image = _qcow2_over(tmp_path, base)
+    _plant(top, image, len(image))
+    holder = rig.hold_in_use(base)
+    try:
+        with pytest.raises(errors.InUse):
+            chain.commit([[top, 'qcow2'], [base, 'raw']], 0, 1)
+        assert files.read_at(base, 0, 16) == b'\0' * 16
+    finally:
+        rig.release_in_use(holder)
+    chain.commit([[top, 'qcow2'], [base, 'raw']], 0, 1)
+    assert files.read_at(base, 0, 16) == b'X' * 16

@@ -146,3 +146,46 @@ def test_the_root_side_refuses_pool_files_it_did_not_make(xfs_dir, rig):
         with pytest.raises(errors.PathRefused, match='owned by uid'):
             call()
     assert rig.tree(xfs_dir) == before
+
+
+def test_a_state_directory_made_by_someone_else_in_the_window_is_refused(
+        outside_dir, rig):
+    """Found by review: a local user who creates the state directory
+    between volsepd's check and its makedirs (in a sticky parent), with a
+    symlink inside, must not get a root directory chowned. The window is
+    forced; the attacker's steps run unprivileged (uid 65534)."""
+    import sys
+    import textwrap
+    sticky = f'{outside_dir}/vartmp'
+    victim = f'{outside_dir}/victim'
+    rig.mkdir(sticky, 0o755)
+    rig.run(['chmod', '1777', sticky])
+    rig.mkdir(victim, 0o700)
+    script = textwrap.dedent(f'''
+        import os
+        from volsep.frontend import daemon, ownership
+        state = {sticky!r} + '/volsep'
+        real = ownership.check
+        def check(path, uid):
+            if not os.path.exists(state):
+                real(path, uid)                # passes: nothing there yet
+                pid = os.fork()                # the attacker, in the window
+                if pid == 0:
+                    os.setgid(65534); os.setuid(65534)
+                    os.mkdir(state, 0o777)
+                    os.symlink({victim!r}, state + '/state')
+                    os._exit(0)
+                os.waitpid(pid, 0)
+                return
+            real(path, uid)
+        ownership.check = check
+        try:
+            daemon._prepare_directory(state, 'volsep', True)
+            print('accepted')
+        except SystemExit as err:
+            print('refused', err)
+    ''')
+    rc, out, err = rig.run([sys.executable, '-c', script])
+    assert rc == 0, err
+    assert out.decode().startswith('refused'), out
+    assert rig.lstat(victim)['uid'] == 0

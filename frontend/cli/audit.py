@@ -5,7 +5,6 @@ import sys
 from volsep.frontend.cli import app
 from volsep.frontend.cli import base
 from volsep.privileged import audit
-from volsep.privileged import config
 
 
 class AuditVerify(base.ShowOne):
@@ -15,21 +14,30 @@ class AuditVerify(base.ShowOne):
         parser = super().get_parser(prog_name)
         parser.add_argument(
             '--audit-log', metavar='PATH',
-            help='audit log to check (default: the one named in the root '
-                 'side configuration; reading it needs root)')
+            help='audit log file to check directly (reading it needs '
+                 'root); default: ask the running volsepd, whose root side '
+                 'checks its own log')
         return parser
 
     def take_action(self, parsed_args):
-        path = parsed_args.audit_log or config.load().audit_log
+        if parsed_args.audit_log is None:
+            # The running service's log, checked by its root side.
+            result = self.client().call('admin.audit.Verify')
+        else:
+            result = self._verify_file(parsed_args.audit_log)
+        self._problem = result['problem'] or ''
+        return self.fields(result)
+
+    @staticmethod
+    def _verify_file(path):
         try:
             lines = audit.read_lines(path)
         except OSError as err:
             raise app.OperationError('StorageError',
                                      f'cannot read {path}: {err.strerror}')
         ok, count, problem = audit.verify_lines(lines)
-        self._problem = problem
-        return ('ok', 'lines', 'verified', 'problem'), (
-            ok, len(lines), count, problem or None)
+        return {'ok': ok, 'lines': len(lines), 'verified': count,
+                'problem': problem or None}
 
     def run(self, parsed_args):
         self._problem = ''
