@@ -57,9 +57,15 @@ def main():
     except (Refused, OSError) as err:
         print(f'volsep-privsep-helper: refused: {err}', file=sys.stderr)
         return 2
-    from oslo_privsep import daemon
-    sys.argv = [sys.argv[0]] + args
-    daemon.helper_main()
+    # The guarded daemon (privileged/guard.py), never oslo.privsep's stock
+    # helper_main, whose daemon imports whatever a request names.
+    from oslo_config import cfg
+    from volsep.privileged import contexts
+    from volsep.privileged import guard
+    config_files = [CONFIG_FILE] if os.path.exists(CONFIG_FILE) else []
+    cfg.CONF(args=[], default_config_files=config_files, project='volsep')
+    context = next(ctx for ctx in contexts.ALL if ctx.pypath == args[3])
+    guard.connect_and_serve(context, args[5])
     return 0
 
 

@@ -189,3 +189,59 @@ def test_a_state_directory_made_by_someone_else_in_the_window_is_refused(
     assert rc == 0, err
     assert out.decode().startswith('refused'), out
     assert rig.lstat(victim)['uid'] == 0
+
+
+def test_the_sudo_helper_serves_the_guarded_daemon(tmp_path):
+    """Found by review: the sudo start method's helper ran oslo.privsep's
+    stock daemon, which imports a requested module before checking it. Run
+    as the test user with SUDO_UID set (what sudo would leave), its daemon
+    refuses unknown names before any import and stays up."""
+    import socket
+    import struct
+    import subprocess
+    import sys
+    import tempfile
+    from oslo_privsep import comm
+    d = tempfile.mkdtemp(prefix='tmp', dir='/tmp')      # 0700, ours
+    sock_path = f'{d}/privsep.sock'
+    conf = f'{d}/volsep.conf'   # stands in for /etc/volsep/volsep.conf
+    with open(conf, 'w') as f:  # an unprivileged daemon keeps no caps
+        f.write('[volsep_privileged_files]\ncapabilities =\n')
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(sock_path)
+    server.listen(1)
+    code = ('import sys; from volsep.frontend import privsep_helper as h; '
+            f'h.CONFIG_FILE = {conf!r}; '
+            'sys.argv = ["volsep-privsep-helper"] + sys.argv[1:]; '
+            'sys.exit(h.main())')
+    helper = subprocess.Popen(
+        [sys.executable, '-c', code, 'files', '--privsep_context',
+         'volsep.privileged.contexts.file_ops', '--privsep_sock_path',
+         sock_path], env={**os.environ, 'SUDO_UID': str(os.getuid())},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server.settimeout(20)
+    conn, _ = server.accept()
+    daemon_pid = struct.unpack('3i', conn.getsockopt(
+        socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
+    channel = comm.ClientChannel(conn)
+    try:
+        for name in ('os.system', 'venv.__main__.x', 'venv.__main__.x'):
+            reply = channel.send_recv((comm.Message.CALL.value, name, (),
+                                       {}), 10)
+            assert reply[1] == 'volsep.privileged.errors.UnknownEntrypoint'
+        reply = channel.send_recv((comm.Message.CALL.value,
+                                   'volsep.privileged.files.ping', (), {}),
+                                  10)
+        # Still serving, and a registered name reaches its entrypoint
+        # (which, run as the test user, finds the root configuration not
+        # its own).
+        assert reply[0] == comm.Message.RET or \
+            reply[1] == 'volsep.privileged.errors.ConfigurationError', reply
+    finally:
+        conn.close()
+        server.close()
+        try:
+            os.kill(daemon_pid, 9)
+        except ProcessLookupError:
+            pass
+        helper.wait(10)
