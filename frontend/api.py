@@ -1,12 +1,14 @@
 """volsepd's request handling: one coroutine per connection, storage work
 in threads, every call checked against the policy first.
 
-Import: after {"result": {"ready": true}} the client sends exactly `size`
-raw bytes, then the line {"end": true}. Fewer bytes (a disconnect),
-anything but that line, or no byte for `stream_timeout` seconds rolls the
-import back. Export: the reply {"result": {"size": N}} is followed by
-exactly N raw bytes; a reader that consumes nothing for `stream_timeout`
-seconds is cut off and the export snapshot removed.
+Import (params volume, size, format, force): after {"result": {"ready":
+true}} the client sends exactly `size` raw bytes, then the line {"end":
+true}. Fewer bytes (a disconnect), more bytes, anything but that line, or
+no byte for `stream_timeout` seconds rolls the import back. An import
+that would shrink the volume is refused unless "force": true. Export:
+the reply {"result": {"size": N}} is followed by exactly N raw bytes; a
+reader that consumes nothing for `stream_timeout` seconds is cut off and
+the export snapshot removed.
 
 Connections are admitted or refused at accept time, and idle or slow ones
 are closed: see admission.py.
@@ -209,13 +211,17 @@ class Api:
         address = _param(params, 'volume')
         size = validation.size(_param(params, 'size'))
         fmt = params.get('format', 'raw')
+        force = params.get('force', False)
+        if type(force) is not bool:
+            raise errors.InvalidArgument('force must be true or false')
         pool = self.manager.volume_info(address)['pool']
         allowed = self.policy.pool_limit(pool, 'import_formats')
         if allowed is not None and fmt not in allowed:
             raise errors.InvalidArgument(
                 f'pool {pool} accepts imports in {", ".join(allowed)}, not '
                 f'{fmt!r}')
-        await self._run(self.manager.import_begin, address, size, fmt)
+        await self._run(self.manager.import_begin, address, size, fmt,
+                        None, force)
         success = False
         try:
             # Inside the try: a peer gone (or stalled) before it read

@@ -59,11 +59,16 @@ class Client:
         return self._reply()
 
     def import_stream(self, address, source, size, fmt='raw',
-                      progress=None):
+                      progress=None, force=False):
         """Send exactly ``size`` bytes read from the file object
-        ``source``."""
-        self._send('admin.vm.volume.Import', {'volume': address,
-                                              'size': size, 'format': fmt})
+        ``source``. A source with more than ``size`` bytes is refused, not
+        cut: one byte past ``size`` is read, and if there is one the
+        import is abandoned (volsepd rolls it back). ``force`` lets the
+        import shrink the volume."""
+        params = {'volume': address, 'size': size, 'format': fmt}
+        if force:
+            params['force'] = True
+        self._send('admin.vm.volume.Import', params)
         self._reply()
         sent = 0
         try:
@@ -82,6 +87,17 @@ class Client:
         if sent < size:
             self.sock.shutdown(socket.SHUT_WR)
             return self._reply()
+        if source.read(1):
+            # Longer than announced: end the stream without its end line,
+            # so volsepd rolls the import back, and say why.
+            self.sock.shutdown(socket.SHUT_WR)
+            try:
+                self._reply()
+            except RemoteError:
+                pass
+            raise RemoteError('InvalidArgument', f'the data is longer than '
+                              f'{size} bytes; nothing was imported (give '
+                              f'its exact size)')
         self.sock.sendall(protocol.encode(protocol.END_OF_STREAM))
         return self._reply()
 

@@ -93,6 +93,8 @@ class _PendingImport:
     limit_text: str = ''    # where that bound comes from, for errors
     pool: str = None        # where the stream's bytes are reserved
     reserved: int = 0
+    current: int = 0        # the volume's size when the import began
+    force: bool = False     # whether the import may shrink the volume
 
 
 def parse_address(address):
@@ -575,12 +577,16 @@ class Manager:
 
     # -- import, export, clone, clear -------------------------------------
 
-    def import_begin(self, address, size, fmt='raw', max_size=None):
+    def import_begin(self, address, size, fmt='raw', max_size=None,
+                     force=False):
         """Start an import of ``size`` stream bytes in ``fmt``; returns the
         file the stream goes into. A raw stream becomes the volume as it
         is; any other format is inspected as it arrives (import_inspect)
         and converted at import_end. The volume (for raw, the stream) may
-        not exceed ``max_size`` nor the pool's limit (size_limit)."""
+        not exceed ``max_size`` nor the pool's limit (size_limit). An import
+        that would make the volume smaller is refused unless ``force``
+        (as resize is): for raw here, for other formats as soon as the
+        image's virtual size is known."""
         config = self._config(address)
         pool = self._pool(config.pool)
         formats = pool.capabilities.import_formats
@@ -592,12 +598,14 @@ class Manager:
         with self._volume_lock(config):
             self._check_stopped_persistent(config, 'import into')
             volume = self._volume(config)
+            current = volume.state()['size']
             # A raw stream is the volume; a non-raw image's virtual size
             # is checked from its headers and again by qemu-img (import_end).
             bound, source = self._check_size(
                 config.pool, size if fmt == 'raw' else 0,
-                volume.state()['size'], f'importing into {address}',
-                cap=max_size)
+                current, f'importing into {address}', cap=max_size)
+            if fmt == 'raw':
+                self._check_shrink(address, current, size, force)
             check = None if fmt == 'raw' else images.ImageCheck(fmt, bound)
             self._reserve(config.pool, size)
             try:
@@ -608,8 +616,16 @@ class Manager:
             self._importing[config.vid] = _PendingImport(
                 fmt, check, path=path, max_size=bound,
                 limit_text=f'the limit of {bound} bytes for {address} '
-                f'({source})', pool=config.pool, reserved=size)
+                f'({source})', pool=config.pool, reserved=size,
+                current=current, force=bool(force))
             return path
+
+    @staticmethod
+    def _check_shrink(address, current, size, force):
+        if size < current and not force:
+            raise errors.InvalidArgument(
+                f'importing {size} bytes into {address} would shrink it from '
+                f'{current} bytes and lose data; use --force')
 
     def _reserve(self, pool, size):
         """Space for a stream of ``size`` bytes, next to what the imports
@@ -644,7 +660,9 @@ class Manager:
             return False
         pending.check.feed(chunk)
         if pending.check.settled:
-            pending.check.verdict()
+            inspection = pending.check.verdict()
+            self._check_shrink(address, pending.current,
+                               inspection.virtual_size, pending.force)
             pending.inspected = True
         return not pending.inspected
 
@@ -663,7 +681,9 @@ class Manager:
             try:
                 if success and pending.check is not None:
                     pending.check.conclude()
-                    self._check_virtual_size(pending)
+                    self._check_shrink(address, pending.current,
+                                       self._check_virtual_size(pending),
+                                       pending.force)
                 volume.import_end(bool(success), pending.fmt)
             except Exception:
                 if success:
@@ -688,6 +708,7 @@ class Manager:
             raise errors.UnsafeImage(
                 f'qemu-img reads a virtual size of {virtual} bytes from the '
                 f'{pending.fmt} image, which exceeds {pending.limit_text}')
+        return virtual
 
     def export_begin(self, address, fmt='raw'):
         config = self._config(address)

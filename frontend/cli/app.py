@@ -12,10 +12,23 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 class OperationError(Exception):
     """An error to report as `volsep: CLASS: message`, exit status 1."""
 
+    exit_status = EXIT_ERROR
+
     def __init__(self, error_class, message):
         super().__init__(message)
         self.error_class = error_class
         self.message = message
+
+
+class UsageError(OperationError):
+    """A command line that cannot be carried out as given (found out only
+    after parsing, e.g. the size of a pipe): reported the same way, exit
+    status 2."""
+
+    exit_status = EXIT_USAGE
+
+    def __init__(self, message):
+        super().__init__('InvalidArgument', message)
 
 
 class VolsepApp(app.App):

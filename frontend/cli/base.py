@@ -38,9 +38,15 @@ class _Reporting:
                 raise
             message = getattr(err, 'message', str(err))
             print(f'volsep: {error_class}: {message}', file=sys.stderr)
-            if getattr(parsed_args, 'formatter', None) == 'json':
+            if getattr(parsed_args, 'formatter', None) == 'json' and \
+                    not self.stdout_is_data(parsed_args):
                 print(json.dumps({'error': error_class, 'message': message}))
-            return app.EXIT_ERROR
+            return getattr(err, 'exit_status', app.EXIT_ERROR)
+
+    def stdout_is_data(self, parsed_args):
+        """Whether stdout carries the command's data (export to -): then
+        nothing else may be written there, not even an error document."""
+        return False
 
 
 class Command(_Reporting, command.Command):

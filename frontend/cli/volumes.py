@@ -1,7 +1,11 @@
 """volsep volume ..."""
 
+import contextlib
 import os
+import signal
+import stat
 import sys
+import tempfile
 
 from volsep.frontend.cli import app
 from volsep.frontend.cli import base
@@ -15,6 +19,26 @@ ZERO_CHUNK = bytes(1 << 20)
 
 def _address(parser):
     parser.add_argument('volume', metavar='DOMAIN:VOLUME')
+
+
+def _check_not_empty(size):
+    # `--size ""` (an unset shell variable) is a mistake, never 0 bytes.
+    if size is not None and not size.strip():
+        raise app.UsageError('--size is empty')
+
+
+def _source_size(f, name):
+    """The bytes left to read in ``f``, if it is a regular file or a block
+    device; anything else (a pipe, /dev/zero, a socket) cannot tell."""
+    fd = f.fileno()
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISREG(mode) or stat.S_ISBLK(mode):
+        here = os.lseek(fd, 0, os.SEEK_CUR)
+        end = os.lseek(fd, 0, os.SEEK_END)
+        os.lseek(fd, here, os.SEEK_SET)
+        return end - here
+    raise app.UsageError(f'{name} is not a regular file or block device, '
+                         f'so its size cannot be known: give --size')
 
 
 class VolumeList(base.Lister):
@@ -51,6 +75,7 @@ class VolumeCreate(base.ShowOne):
         return parser
 
     def take_action(self, args):
+        _check_not_empty(args.size)
         if args.size is None and args.kind != 'snapshot':
             raise app.OperationError('InvalidArgument',
                                      f'--size is required for a {args.kind} '
@@ -151,31 +176,38 @@ class VolumeImport(base.ShowOne):
         parser = super().get_parser(prog_name)
         _address(parser)
         parser.add_argument('path', metavar='PATH|-')
-        parser.add_argument('--size', help='bytes to read (needed for -)')
+        parser.add_argument(
+            '--size', help='bytes to read; needed unless PATH (or stdin) is '
+                           'a regular file or block device. Data longer '
+                           'than this is refused, not cut')
         parser.add_argument(
             '--format', default='raw', choices=images.FORMATS,
             help='format of the data; anything but raw is inspected and '
                  'converted, and refused as UnsafeImage if it is not '
                  'exactly a self-contained image of that format')
+        parser.add_argument('--force', action='store_true',
+                            help='allow the import to shrink the volume')
         return parser
 
     def take_action(self, args):
+        _check_not_empty(args.size)
+        size = None if args.size is None else units.parse_size(args.size)
         if args.path == '-':
-            if args.size is None:
-                raise app.OperationError('InvalidArgument',
-                                         'importing from - needs --size')
-            source, size = sys.stdin.buffer, units.parse_size(args.size)
+            source, name = sys.stdin.buffer, 'stdin'
         else:
             try:
                 source = open(args.path, 'rb')
             except OSError as err:
                 raise app.OperationError(
                     'InvalidArgument', f'{args.path}: {err.strerror}')
-            size = (units.parse_size(args.size) if args.size else
-                    os.fstat(source.fileno()).st_size)
-        with progress.bar(size, f'import {args.volume}') as update:
-            info = self.client().import_stream(args.volume, source, size,
-                                               args.format, update)
+            name = args.path
+        with source:
+            if size is None:
+                size = _source_size(source, name)
+            with progress.bar(size, f'import {args.volume}') as update:
+                info = self.client().import_stream(
+                    args.volume, source, size, args.format, update,
+                    force=args.force)
         return self.fields(info)
 
 
@@ -198,37 +230,174 @@ class _SparseSink:
         self.f.truncate(self.f.tell())
 
 
+class _Terminated(BaseException):
+    """SIGTERM or SIGHUP during an export: unwind, removing the partial
+    file, as Ctrl-C does."""
+
+
+@contextlib.contextmanager
+def _unwind_on_signals():
+    def handler(signum, frame):
+        raise _Terminated(signum)
+    previous = {sig: signal.signal(sig, handler)
+                for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    except _Terminated as err:
+        raise app.OperationError(
+            'StorageError', f'export interrupted by '
+            f'{signal.Signals(err.args[0]).name}; nothing was written') \
+            from None
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class VolumeExport(base.ShowOne):
-    """Write a volume's committed content to a file or stdout."""
+    """Write a volume's committed content to a file or stdout.
+
+    A file is written beside the target and renamed into place only once
+    complete, so a failed or interrupted export leaves the target as it
+    was; an existing file is replaced only with --force."""
 
     def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
         _address(parser)
-        parser.add_argument('path', metavar='PATH|-')
+        parser.add_argument('path', metavar='PATH|-',
+                            help='file to write, or - for stdout (which '
+                                 'then carries the image and nothing else)')
         parser.add_argument('--format', default='raw',
                             choices=('raw', 'qcow2'))
+        parser.add_argument('--force', action='store_true',
+                            help='replace PATH if it exists (atomically, '
+                                 'once the export is complete)')
         return parser
 
+    def stdout_is_data(self, parsed_args):
+        return getattr(parsed_args, 'path', None) == '-'
+
+    def produce_output(self, parsed_args, column_names, data):
+        if self.stdout_is_data(parsed_args):
+            return 0  # stdout has the image: no table, no {} after it
+        return super().produce_output(parsed_args, column_names, data)
+
     def take_action(self, args):
-        client = self.client()
         if args.path == '-':
-            size = client.export_stream(args.volume, sys.stdout.buffer,
-                                        args.format)
-            sys.stdout.buffer.flush()
-            return (), ()
+            return self._to_stdout(args)
+        real = os.path.realpath(args.path)
         try:
-            target = open(args.path, 'wb')
+            st = os.stat(real)
+        except FileNotFoundError:
+            st = None
         except OSError as err:
             raise app.OperationError('InvalidArgument',
                                      f'{args.path}: {err.strerror}')
-        with target:
-            sink = _SparseSink(target)
-            with progress.bar(None, f'export {args.volume}') as update:
-                size = client.export_stream(args.volume, sink, args.format,
-                                            update)
-            sink.finish()
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            raise app.OperationError('InvalidArgument',
+                                     f'{args.path} is a directory')
+        if st is not None and not args.force and \
+                (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+            raise app.OperationError(
+                'InvalidArgument', f'{args.path} exists; use --force to '
+                f'replace it')
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            # A device or pipe cannot be replaced by a rename: written in
+            # place, with zeros written out (no holes in a device).
+            size = self._in_place(args, real)
+        else:
+            size = self._replace(args, real, st)
         return self.fields({'volume': args.volume, 'path': args.path,
                             'size': size, 'format': args.format})
+
+    def _to_stdout(self, args):
+        out = sys.stdout.buffer
+        if out.isatty():
+            raise app.UsageError('refusing to write an image to a terminal; '
+                                 'redirect stdout or give a PATH')
+        with progress.bar(None, f'export {args.volume}') as update:
+            self.client().export_stream(args.volume, out, args.format,
+                                        update)
+        out.flush()
+        return (), ()
+
+    def _in_place(self, args, real):
+        try:
+            target = open(real, 'wb')
+        except OSError as err:
+            raise app.OperationError('InvalidArgument',
+                                     f'{args.path}: {err.strerror}')
+        with target, _unwind_on_signals():
+            with progress.bar(None, f'export {args.volume}') as update:
+                return self.client().export_stream(args.volume, target,
+                                                   args.format, update)
+
+    def _replace(self, args, real, st):
+        directory, base_name = os.path.split(real)
+        try:
+            fd, temp = tempfile.mkstemp(prefix=f'.{base_name}.',
+                                        suffix='.volsep-export',
+                                        dir=directory)
+        except OSError as err:
+            raise app.OperationError('InvalidArgument',
+                                     f'{args.path}: {err.strerror}')
+        try:
+            with _unwind_on_signals():
+                with os.fdopen(fd, 'wb') as target:
+                    sink = _SparseSink(target)
+                    with progress.bar(None, f'export {args.volume}') as \
+                            update:
+                        size = self.client().export_stream(
+                            args.volume, sink, args.format, update)
+                    sink.finish()
+                    target.flush()
+                    os.fsync(target.fileno())
+                if st is not None:
+                    mode = stat.S_IMODE(st.st_mode)
+                else:
+                    umask = os.umask(0)
+                    os.umask(umask)
+                    mode = 0o666 & ~umask
+                os.chmod(temp, mode)
+                self._publish(args, temp, real)
+                temp = None
+                _fsync_dir(directory)
+        finally:
+            if temp is not None:
+                try:
+                    os.unlink(temp)
+                except FileNotFoundError:
+                    pass
+        return size
+
+    @staticmethod
+    def _publish(args, temp, real):
+        if args.force:
+            os.replace(temp, real)
+            return
+        # Without --force, a file that appeared meanwhile is not replaced
+        # either: link() refuses an existing name.
+        try:
+            os.link(temp, real)
+        except FileExistsError:
+            raise app.OperationError(
+                'InvalidArgument', f'{args.path} exists; use --force to '
+                f'replace it') from None
+        except OSError:  # no hard links here: check, then rename
+            if os.path.lexists(real):
+                raise app.OperationError(
+                    'InvalidArgument', f'{args.path} exists; use --force '
+                    f'to replace it') from None
+            os.rename(temp, real)
+            return
+        os.unlink(temp)
 
 
 class VolumeClone(base.ShowOne):
