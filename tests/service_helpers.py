@@ -2,9 +2,11 @@
 drive it with the real CLI from the unprivileged test process."""
 
 import json
+import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 
@@ -12,7 +14,8 @@ from tests import procs
 from tests import rig
 from tests.conftest import ROOTS
 
-VENV = '/opt/volsep/venv/bin'
+# The venv running the suite (tests/run: VOLSEP_VENV), not a fixed one.
+VENV = os.path.dirname(sys.executable)
 SERVICE_USER = 'volsep'
 
 
