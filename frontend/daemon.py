@@ -5,6 +5,8 @@ forks the privileged daemons and then runs as --user. Started as anyone
 else (user mode) it does the same without privileges. Everything lives
 under --state-dir unless configured otherwise:
 
+    DIR/volsepd.lock      held (flock) for the service's whole life: one
+                          volsepd per state directory; holds its pid
     DIR/privileged.conf   the root side's allow-list (written if absent)
     DIR/audit.log         the root side's audit log
     DIR/pools/default/    the default pool
@@ -13,6 +15,7 @@ under --state-dir unless configured otherwise:
 """
 
 import asyncio
+import fcntl
 import os
 import pwd
 import signal
@@ -61,12 +64,48 @@ OPTS = [
 ]
 
 
+# The descriptor holding DIR/volsepd.lock: open until the process ends.
+_state_lock = None
+
+
+def _lock_state_directory(state_dir, user, system):
+    """Take DIR/volsepd.lock (flock, not waiting) before anything else is
+    written, and hold it for the life of the service: a second volsepd on
+    the same directory, whatever its --socket, refuses to start. The file
+    belongs to the service user (who may open it when started without
+    root) and names the holder's pid."""
+    global _state_lock
+    path = os.path.join(state_dir, 'volsepd.lock')
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW |
+                     os.O_CLOEXEC, 0o644)
+    except OSError as err:
+        raise SystemExit(f'volsepd: cannot open {path}: {err.strerror}')
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors='replace').strip()
+        os.close(fd)
+        who = f'another volsepd (pid {holder})' if holder.isdigit() \
+            else 'another volsepd'
+        raise SystemExit(f'volsepd: state directory {state_dir} is in use '
+                         f'by {who}, which holds {path}; stop it first or '
+                         f'give this one its own --state-dir')
+    if system:
+        entry = pwd.getpwnam(user)
+        os.fchown(fd, entry.pw_uid, entry.pw_gid)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f'{os.getpid()}\n'.encode(), 0)
+    _state_lock = fd
+
+
 def _prepare_directory(state_dir, user, system):
     try:
         ownership.check(state_dir, os.geteuid())
     except ownership.NotPrivate as err:
         raise SystemExit(f'volsepd: refusing --state-dir {state_dir}: {err}')
     os.makedirs(state_dir, mode=0o755, exist_ok=True)
+    _lock_state_directory(state_dir, user, system)
     os.makedirs(os.path.join(state_dir, 'pools'), mode=0o755, exist_ok=True)
     frontend_state = os.path.join(state_dir, 'state')
     os.makedirs(frontend_state, mode=0o700, exist_ok=True)
