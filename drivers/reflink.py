@@ -24,8 +24,7 @@ class ReflinkPool(directory.DirectoryPool):
     def clone_mode(self):
         return 'always' if self.options['setup_check'] else 'auto'
 
-    def setup(self):
-        super().setup()
+    def check_setup(self):
         if self.options['setup_check'] and not files.reflink_supported(
                 self.dir_path):
             raise errors.StorageError(
