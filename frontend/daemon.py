@@ -155,6 +155,24 @@ def _ensure_default_pool(manager, state_dir):
         manager.set_default_pool('default')
 
 
+def _report_orphans(manager):
+    """Name, in the log and on stderr, what lies in a pool that no volume
+    owns (files of a volume another service recorded, say)."""
+    try:
+        found = manager.all_orphans()
+    except Exception as err:
+        LOG.warning('could not scan the pools for orphans: %s', err)
+        return
+    for pool, orphans in found.items():
+        names = ', '.join(o['path'] for o in orphans)
+        LOG.warning('pool %s: %d entries no volume owns: %s', pool,
+                    len(orphans), names)
+        print(f'volsepd: pool {pool}: {len(orphans)} entries no volume '
+              f'owns: {names} (see "volsep pool orphans {pool}": --remove '
+              f'deletes them, "volsep pool adopt" records a volume '
+              f'directory)', file=sys.stderr, flush=True)
+
+
 def _privileged_fault(deadline):
     """Why a root daemon can no longer serve, or None."""
     for ctx in contexts.ALL:
@@ -233,6 +251,7 @@ def main(argv=None):
     manager = manager_module.Manager(frontend_state)
     manager.reconcile()
     _ensure_default_pool(manager, state_dir)
+    _report_orphans(manager)
     hub = events.Hub()
     return asyncio.run(_serve(api_module.Api(manager, policy, hub), sock,
                               hub))
