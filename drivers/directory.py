@@ -8,6 +8,8 @@ state, which `tidy` then completes.
 """
 
 import dataclasses
+import logging
+import os
 
 from volsep.drivers import base
 from volsep.drivers import errors
@@ -16,6 +18,8 @@ from volsep.privileged import errors as root_errors
 from volsep.privileged import files
 from volsep.privileged import images
 from volsep.privileged import qemu
+
+LOG = logging.getLogger('volsep.drivers.directory')
 
 
 class DirectoryVolume(base.Volume):
@@ -102,15 +106,31 @@ class DirectoryVolume(base.Volume):
                      self.config.size)
 
     def remove(self):
-        for entry in files.list_dir(self.directory) if self._exists() else ():
-            if entry['type'] == 'file':
-                files.unlink(self._path(entry['name']))
-        if self._exists():
-            files.rmdir(self.directory)
+        """All or nothing: refuse, changing nothing, unless the whole
+        directory can go (only regular files volsep's root side made, none
+        in use), else rename it aside in one step. Returns the removal to
+        finish once the record no longer lists the volume (or to undo if
+        recording fails), or None when there was no directory."""
+        if not self._exists():
+            self.pool.remove_domain_directory(self.config.domain)
+            return None
+        for entry in files.list_dir(self.directory):
+            if entry['type'] != 'file':
+                raise errors.StorageError(
+                    f'cannot remove {self.config.address}: {self.directory}'
+                    f' holds {entry["name"]!r} ({entry["type"]}), which '
+                    f'volsep did not make; nothing was removed (move it '
+                    f'away by hand, then remove again)')
+        aside = f'{self.pool.dir_path}/{self.config.domain}/' \
+            f'{layout.aside(self.config.name)}'
         try:
-            files.rmdir(f'{self.pool.dir_path}/{self.config.domain}')
-        except (root_errors.NotFound, root_errors.InvalidArgument):
-            pass  # gone already, or other volumes of the domain remain
+            files.stat_path(aside)
+        except root_errors.NotFound:
+            pass
+        else:  # left by an earlier removal of a volume of this name
+            self.pool.purge(aside)
+        files.set_aside(self.directory, layout.aside(self.config.name))
+        return _Removal(self, aside)
 
     def _exists(self):
         try:
@@ -380,6 +400,21 @@ class DirectoryVolume(base.Volume):
         }
 
 
+class _Removal:
+    """A volume directory renamed aside by DirectoryVolume.remove."""
+
+    def __init__(self, volume, aside):
+        self.volume = volume
+        self.aside = aside
+
+    def finish(self):
+        self.volume.pool.purge(self.aside)
+        self.volume.pool.remove_domain_directory(self.volume.config.domain)
+
+    def undo(self):
+        files.set_aside(self.aside, self.volume.config.name)
+
+
 def _revision_order(name):
     return int(name[1:name.index('@')])
 
@@ -399,9 +434,11 @@ class DirectoryPool(base.Pool):
     def parse_options(cls, given):
         parsed = super().parse_options(given)
         path = parsed['dir_path']
-        if not path.startswith('/') or path.rstrip('/') != path:
+        if not path.startswith('/') or path.rstrip('/') != path or \
+                os.path.normpath(path) != path:
             raise errors.InvalidArgument(
-                f'dir_path {path!r} must be absolute, without a trailing /')
+                f'dir_path {path!r} must be absolute and normal, without a '
+                f'trailing /')
         return parsed
 
     @property
@@ -409,10 +446,24 @@ class DirectoryPool(base.Pool):
         return self.options['dir_path']
 
     def setup(self):
+        """Make the pool's directory (an existing one is used as it is);
+        if a check then refuses the pool, a directory made here is removed
+        again, so a refused pool leaves nothing behind."""
         try:
             files.mkdir(self.dir_path, 0o755)
         except root_errors.AlreadyExists:
-            pass
+            created = False
+        else:
+            created = True
+        try:
+            self.check_setup()
+        except BaseException:
+            if created:
+                files.rmdir(self.dir_path)
+            raise
+
+    def check_setup(self):
+        """Refuse a pool whose directory cannot serve (StorageError)."""
 
     def listings(self):
         """Every volume's files in one root call: {'DOMAIN/VOLUME':
@@ -422,6 +473,126 @@ class DirectoryPool(base.Pool):
         except root_errors.NotFound:
             return {}
         return {vid: layout.parse(entries) for vid, entries in tree.items()}
+
+    # -- removal, leftovers and orphans --------------------------------------
+
+    def remove_domain_directory(self, domain):
+        try:
+            files.rmdir(f'{self.dir_path}/{domain}')
+        except (root_errors.NotFound, root_errors.InvalidArgument):
+            pass  # gone already, or other volumes of the domain remain
+
+    def purge(self, path):
+        """Delete a directory that remove set aside: its files, then it."""
+        for entry in files.list_dir(path):
+            files.unlink(f'{path}/{entry["name"]}')
+        files.rmdir(path)
+
+    def finish_removals(self, recorded):
+        """Complete removals a crash interrupted: an aside directory whose
+        volume is still recorded and has no directory goes back (the
+        removal never took effect); any other is deleted. ``recorded``:
+        the vids this pool's volumes have in the record. Returns
+        [(action, path)]."""
+        try:
+            tree = files.list_tree(self.dir_path, 2)
+        except root_errors.NotFound:
+            return []
+        done = []
+        for vid in sorted(tree):
+            domain, name = vid.split('/')
+            owner = layout.aside_owner(name)
+            if owner is None:
+                continue
+            path = f'{self.dir_path}/{vid}'
+            if f'{domain}/{owner}' in recorded and \
+                    f'{domain}/{owner}' not in tree:
+                files.set_aside(path, owner)
+                done.append(('restored', f'{domain}/{owner}'))
+                continue
+            try:
+                self.purge(path)
+            except Exception as err:
+                LOG.warning('pool %s: could not delete %s, left by an '
+                            'interrupted volume removal: %s', self.name,
+                            path, err)
+                continue
+            self.remove_domain_directory(domain)
+            done.append(('deleted', vid))
+        return done
+
+    def orphans(self, recorded, other_pools=()):
+        """Entries in the pool's directory that no recorded volume owns:
+        [{path (relative to the pool), type, size}]. ``recorded``: the
+        vids of this pool's volumes; ``other_pools``: directories of other
+        pools, never reported (pools nested in older states)."""
+        prefix = self.dir_path + '/'
+
+        def holds_pool(rel):
+            return any(o == prefix + rel or o.startswith(prefix + rel + '/')
+                       for o in other_pools)
+
+        def orphan(rel, entry):
+            return {'path': rel, 'type': entry['type'],
+                    'size': entry['size'] if entry['type'] == 'file'
+                    else None}
+        try:
+            top = files.list_dir(self.dir_path)
+        except root_errors.NotFound:
+            return []
+        domains = {vid.split('/')[0] for vid in recorded}
+        level1 = files.list_tree(self.dir_path, 1)
+        volumes = self.listings()
+        found = []
+        for entry in top:
+            domain = entry['name']
+            if holds_pool(domain):
+                continue
+            if entry['type'] != 'dir' or domain not in domains:
+                found.append(orphan(domain, entry))
+                continue
+            for sub in level1.get(domain, ()):
+                vid = f'{domain}/{sub["name"]}'
+                if holds_pool(vid):
+                    continue
+                if sub['type'] != 'dir' or vid not in recorded:
+                    found.append(orphan(vid, sub))
+                    continue
+                listing = volumes.get(vid)
+                for unknown in getattr(listing, 'unknown', ()):
+                    found.append(orphan(f'{vid}/{unknown["name"]}', unknown))
+        return found
+
+    def _removal_plan(self, rel, kind):
+        """(files, directories) to delete for one orphan, deepest first;
+        StorageError if something in it cannot be removed through the
+        root side."""
+        path = f'{self.dir_path}/{rel}'
+        if kind == 'file':
+            return [path], []
+        if kind != 'dir':
+            raise errors.StorageError(
+                f'pool {self.name}: {rel} is neither a regular file nor a '
+                f'directory ({kind}); the root side removes only those: '
+                f'remove it by hand; nothing was removed')
+        unlink, rmdir = [], []
+        for entry in files.list_dir(path):
+            sub = f'{rel}/{entry["name"]}'
+            more_files, more_dirs = self._removal_plan(sub, entry['type'])
+            unlink += more_files
+            rmdir += more_dirs
+        return unlink, rmdir + [path]
+
+    def remove_orphans(self, orphans):
+        """Delete exactly these orphans (entries of ``orphans()``), after
+        checking all of them can go; returns their paths."""
+        plans = [self._removal_plan(o['path'], o['type']) for o in orphans]
+        for unlink, rmdir in plans:
+            for path in unlink:
+                files.unlink(path)
+            for path in rmdir:
+                files.rmdir(path)
+        return [o['path'] for o in orphans]
 
     def destroy(self):
         try:

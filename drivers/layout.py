@@ -13,6 +13,10 @@ volume can ever be mistaken for another's. Inside it:
                        vhdx, vdi), converted into i.img when it ends
     x-<hex>.img        export snapshot (x-<hex>.qcow2 when exported as qcow2)
 
+A volume being removed is first renamed, whole, to POOL/DOMAIN/VOLUME@removing
+(no volume name holds an '@'), and only then emptied; start-up finishes or
+undoes a removal that was interrupted (see DirectoryPool.finish_removals).
+
 Generations only grow: a new committed image always gets the next number
 above every committed image and revision ever seen, so revision ids never
 repeat.
@@ -122,3 +126,19 @@ def export(fmt='raw'):
 
 def is_export(name):
     return bool(_EXPORT.fullmatch(name))
+
+
+_ASIDE = '@removing'
+
+
+def aside(volume_name):
+    """The name a volume's directory is renamed to while it is removed."""
+    return volume_name + _ASIDE
+
+
+def aside_owner(name):
+    """The volume name an aside directory belonged to, or None."""
+    if name.endswith(_ASIDE) and name.count('@') == 1 and \
+            len(name) > len(_ASIDE):
+        return name[:-len(_ASIDE)]
+    return None

@@ -28,8 +28,7 @@ class ReflinkPool(directory.DirectoryPool):
         return ('reflink' if files.reflink_supported(self.dir_path) else
                 'copy')
 
-    def setup(self):
-        super().setup()
+    def check_setup(self):
         if self.options['setup_check'] and not files.reflink_supported(
                 self.dir_path):
             raise errors.StorageError(

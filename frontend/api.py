@@ -98,6 +98,12 @@ class Api:
             'admin.pool.Set': (lambda p: m.set_pool(
                 _param(p, 'pool'), _options(p.get('options', []))),
                 'pool-changed'),
+            'admin.pool.ListOrphans': (lambda p: m.pool_orphans(
+                _param(p, 'pool')), None),
+            'admin.pool.RemoveOrphans': (lambda p: m.remove_orphans(
+                _param(p, 'pool'), p.get('paths')), 'pool-orphans-removed'),
+            'admin.pool.AdoptOrphan': (lambda p: m.adopt_orphan(
+                _param(p, 'pool'), _param(p, 'volume')), 'volume-adopted'),
             'admin.vm.volume.List': (lambda p: m.list_volumes(
                 p.get('pool'), tuple(p.get('domains') or ())), None),
             'admin.vm.volume.Info': (lambda p: m.volume_info(

@@ -5,6 +5,8 @@ forks the privileged daemons and then runs as --user. Started as anyone
 else (user mode) it does the same without privileges. Everything lives
 under --state-dir unless configured otherwise:
 
+    DIR/volsepd.lock      held (flock) for the service's whole life: one
+                          volsepd per state directory; holds its pid
     DIR/privileged.conf   the root side's allow-list (written if absent)
     DIR/audit.log         the root side's audit log
     DIR/pools/default/    the default pool
@@ -13,6 +15,7 @@ under --state-dir unless configured otherwise:
 """
 
 import asyncio
+import fcntl
 import os
 import pwd
 import signal
@@ -105,6 +108,41 @@ def _limits():
     return admission.fit_descriptor_limit(limits)
 
 
+# The descriptor holding DIR/volsepd.lock: open until the process ends.
+_state_lock = None
+
+
+def _lock_state_directory(state_dir, user, system):
+    """Take DIR/volsepd.lock (flock, not waiting) before anything else is
+    written, and hold it for the life of the service: a second volsepd on
+    the same directory, whatever its --socket, refuses to start. The file
+    belongs to the service user (who may open it when started without
+    root) and names the holder's pid."""
+    global _state_lock
+    path = os.path.join(state_dir, 'volsepd.lock')
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW |
+                     os.O_CLOEXEC, 0o644)
+    except OSError as err:
+        raise SystemExit(f'volsepd: cannot open {path}: {err.strerror}')
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors='replace').strip()
+        os.close(fd)
+        who = f'another volsepd (pid {holder})' if holder.isdigit() \
+            else 'another volsepd'
+        raise SystemExit(f'volsepd: state directory {state_dir} is in use '
+                         f'by {who}, which holds {path}; stop it first or '
+                         f'give this one its own --state-dir')
+    if system:
+        entry = pwd.getpwnam(user)
+        os.fchown(fd, entry.pw_uid, entry.pw_gid)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f'{os.getpid()}\n'.encode(), 0)
+    _state_lock = fd
+
+
 def _check_private(state_dir):
     try:
         ownership.check(state_dir, os.geteuid())
@@ -119,6 +157,7 @@ def _prepare_directory(state_dir, user, system):
     # and makedirs (in a sticky /var/tmp, say). From here on nobody else
     # can change what is inside it.
     _check_private(state_dir)
+    _lock_state_directory(state_dir, user, system)
     os.makedirs(os.path.join(state_dir, 'pools'), mode=0o755, exist_ok=True)
     frontend_state = os.path.join(state_dir, 'state')
     os.makedirs(frontend_state, mode=0o700, exist_ok=True)
@@ -167,6 +206,24 @@ def _ensure_default_pool(manager, state_dir):
         manager.add_pool('default', 'file-reflink', options)
     if manager.default_pool is None:
         manager.set_default_pool('default')
+
+
+def _report_orphans(manager):
+    """Name, in the log and on stderr, what lies in a pool that no volume
+    owns (files of a volume another service recorded, say)."""
+    try:
+        found = manager.all_orphans()
+    except Exception as err:
+        LOG.warning('could not scan the pools for orphans: %s', err)
+        return
+    for pool, orphans in found.items():
+        names = ', '.join(o['path'] for o in orphans)
+        LOG.warning('pool %s: %d entries no volume owns: %s', pool,
+                    len(orphans), names)
+        print(f'volsepd: pool {pool}: {len(orphans)} entries no volume '
+              f'owns: {names} (see "volsep pool orphans {pool}": --remove '
+              f'deletes them, "volsep pool adopt" records a volume '
+              f'directory)', file=sys.stderr, flush=True)
 
 
 def _privileged_fault(deadline):
@@ -264,6 +321,7 @@ def main(argv=None):
         print(f'volsepd: warning: pool {name} (file-reflink) is on a '
               f'filesystem without reflink: snapshots, commits and clones '
               f'are full sparse copies', file=sys.stderr, flush=True)
+    _report_orphans(manager)
     hub = events.Hub()
     return asyncio.run(_serve(api_module.Api(manager, policy, hub,
                                              limits=limits), sock, hub))

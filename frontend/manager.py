@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import errno
 import functools
+import logging
 import os
 import threading
 
@@ -52,6 +53,8 @@ def _pools_named(manager, args):
     names = list(dict.fromkeys(names))
     return ('pool ' + ', '.join(names)) if names else 'a pool'
 
+
+LOG = logging.getLogger('volsep.manager')
 
 def _contract_errors(cls):
     """Every public method raises only contract errors (drivers.errors):
@@ -178,7 +181,14 @@ class Manager:
         """Bring every volume in line with its domain's recorded state:
         finish interrupted commits, drop leftovers, and leave stopped
         domains with no working copies. One scan per pool finds the few
-        volumes that need work."""
+        volumes that need work. Removals a crash interrupted are finished
+        (or undone) first."""
+        for name, pool in self.pools.items():
+            if hasattr(pool, 'finish_removals'):
+                for action, path in pool.finish_removals(
+                        self._recorded_vids(name)):
+                    LOG.warning('pool %s: %s %s, left by an interrupted '
+                                'volume removal', name, action, path)
         scans = {name: pool.listings() for name, pool in self.pools.items()}
         tidied = False
         for domain in list(self.domains.values()):
@@ -287,10 +297,132 @@ class Manager:
         with self._lock:
             if name in self.pools:
                 raise errors.InvalidArgument(f'pool {name} already exists')
+            self._check_no_overlap(pool)
             pool.setup()
             self.pools[name] = pool
             self._save()
         return self.pool_info(name)
+
+    def _check_no_overlap(self, pool):
+        """A pool's directory may not be another pool's, lie inside one
+        (a volume's directory included) or contain one: each pool owns
+        everything below its directory."""
+        new = pool.options.get('dir_path')
+        if not new:
+            return
+        for other in sorted(self.pools.values(), key=lambda p: p.name):
+            old = other.options.get('dir_path')
+            if not old:
+                continue
+            if new == old:
+                why = 'is the directory of'
+            elif new.startswith(old + '/'):
+                why = 'lies inside the directory of'
+            elif old.startswith(new + '/'):
+                why = 'contains the directory of'
+            else:
+                continue
+            raise errors.InvalidArgument(
+                f'pool {pool.name}: dir_path {new} {why} pool {other.name} '
+                f'({old}); pools may not overlap')
+
+    def _recorded_vids(self, pool_name):
+        return {c.vid for d in self.domains.values()
+                for c in d.volumes.values() if c.pool == pool_name}
+
+    def _orphan_pool(self, name):
+        pool = self._pool(name)
+        if not hasattr(pool, 'orphans'):
+            raise errors.NotSupported(f'pool {name} (driver {pool.driver}) '
+                                      f'has no directory to scan')
+        return pool
+
+    def _orphans(self, name):
+        pool = self._orphan_pool(name)
+        others = [p.options['dir_path'] for p in self.pools.values()
+                  if p is not pool and p.options.get('dir_path')]
+        return pool, pool.orphans(self._recorded_vids(name), others)
+
+    def pool_orphans(self, name):
+        """Files and directories in a directory pool that no recorded
+        volume owns: [{path, type, size}], paths relative to the pool."""
+        with self._lock:
+            return self._orphans(name)[1]
+
+    def all_orphans(self):
+        """{pool: orphans} for every directory pool that has some."""
+        with self._lock:
+            found = {}
+            for name, pool in sorted(self.pools.items()):
+                if hasattr(pool, 'orphans'):
+                    orphans = self._orphans(name)[1]
+                    if orphans:
+                        found[name] = orphans
+            return found
+
+    def remove_orphans(self, name, paths=None):
+        """Delete the named orphans (all of them when ``paths`` is None),
+        each of which must be in the pool's current orphan list; all are
+        checked before anything is deleted."""
+        with self._lock:
+            pool, orphans = self._orphans(name)
+            by_path = {o['path']: o for o in orphans}
+            if paths is None:
+                chosen = orphans
+            else:
+                if type(paths) not in (list, tuple) or not all(
+                        type(p) is str for p in paths):
+                    raise errors.InvalidArgument('paths must be a list of '
+                                                 'strings')
+                unknown = [p for p in paths if p not in by_path]
+                if unknown:
+                    raise errors.InvalidArgument(
+                        f'pool {name}: not orphans: {", ".join(unknown)}')
+                chosen = [by_path[p] for p in dict.fromkeys(paths)]
+            removed = pool.remove_orphans(chosen)
+            for path in removed:
+                LOG.info('pool %s: removed orphan %s', name, path)
+            return [{'path': p, 'removed': True} for p in removed]
+
+    def adopt_orphan(self, name, address):
+        """Record an orphan volume directory DOMAIN/VOLUME of a pool as
+        the persistent volume DOMAIN:VOLUME (size from its committed
+        image; the pool's revisions_to_keep)."""
+        domain_name, volume_name = parse_address(address)
+        with self._lock:
+            pool, orphans = self._orphans(name)
+            vid = f'{domain_name}/{volume_name}'
+            orphan_dirs = {o['path'] for o in orphans if o['type'] == 'dir'}
+            if vid not in orphan_dirs and domain_name not in orphan_dirs:
+                raise errors.InvalidArgument(
+                    f'pool {name} has no orphan directory {vid}')
+            if pool.capabilities.chains:
+                raise errors.NotSupported(
+                    f'pool {name} keeps backing chains, which adoption does '
+                    f'not rebuild yet')
+            domain = self.domains.get(domain_name)
+            if domain and domain.running:
+                raise errors.VolumeBusy(f'domain {domain_name} is running')
+            config = base.VolumeConfig(
+                domain=domain_name, name=volume_name, pool=name,
+                kind='persistent',
+                revisions_to_keep=pool.options['revisions_to_keep'])
+            volume = self._volume(config)
+            listing = volume.listing()
+            if listing.current is None or listing.unknown:
+                raise errors.InvalidArgument(
+                    f'pool {name}: {vid} is not a volume directory (it '
+                    f'needs a committed image and only volsep\'s file '
+                    f'names)')
+            with self._volume_lock(config):
+                volume.tidy()
+                volume.stop()
+                config.size = volume.state()['size']
+                self.domains.setdefault(domain_name, Domain()).volumes[
+                    volume_name] = config
+                self._save()
+        LOG.info('pool %s: adopted %s as %s', name, vid, address)
+        return self.volume_info(address)
 
     def set_default_pool(self, name):
         with self._lock:
@@ -414,6 +546,9 @@ class Manager:
         return self.volume_info(address)
 
     def remove_volume(self, address):
+        """All or nothing: the driver refuses (changing nothing) or sets
+        the volume's storage aside in one step; the record drops the
+        volume, and only then is the storage deleted."""
         with self._lock:
             config = self._config(address)
             if self._running(config):
@@ -424,15 +559,29 @@ class Manager:
                     f'{address} is the source of '
                     f'{", ".join(c.address for c in dependents)}')
             with self._volume_lock(config):
-                self._volume(config).remove()
+                removal = self._volume(config).remove()
                 domain = self.domains[config.domain]
                 del domain.volumes[config.name]
                 if not domain.volumes:
                     del self.domains[config.domain]
+                try:
+                    self._save()
+                except BaseException:
+                    self.domains.setdefault(config.domain, domain).volumes[
+                        config.name] = config
+                    if removal is not None:
+                        removal.undo()
+                    raise
                 pending = self._importing.pop(config.vid, None)
                 if pending is not None:
                     self._release(pending.pool, pending.reserved)
-                self._save()
+                if removal is not None:
+                    try:
+                        removal.finish()
+                    except Exception as err:  # the record is right already
+                        LOG.warning('%s: removed, but its files were not '
+                                    'all deleted (%s); the next start '
+                                    'deletes them', address, err)
 
     def volume_info(self, address):
         config = self._config(address)

@@ -6,6 +6,7 @@ and never a temp name to clean up. Every name-changing call fsyncs the
 directories it changed before it returns.
 """
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -248,6 +249,51 @@ def rmdir(path):
                 raise errors.InvalidArgument(
                     f'{path}: directory is not empty') from None
             raise
+        paths.fsync_directory(parent)
+
+
+@contexts.file_ops.entrypoint
+@audit.audited
+def set_aside(path, name):
+    """Rename the directory ``path`` to ``name`` in the same parent, never
+    replacing anything, and only if every entry in it is a regular file
+    that unlink would remove (this daemon's own, not in use by a job);
+    otherwise nothing changes. The atomic first step of an all-or-nothing
+    removal (the files are unlinked afterwards), and its undo."""
+    if type(name) is not str or '/' in name:
+        raise errors.InvalidArgument(f'{name!r} is not a directory name')
+    target = f'{path.rsplit("/", 1)[0]}/{name}' if type(path) is str \
+        else path
+    with paths.parent_of(path) as (parent, old), \
+            paths.parent_of(target) as (_, new), \
+            paths.directory(path) as pfd:
+        st = os.fstat(pfd)
+        if not stat.S_ISDIR(st.st_mode):
+            raise errors.PathRefused(f'{path}: is {paths.describe(st)}')
+        fd = paths.reopen(pfd, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            with contextlib.ExitStack() as claims:
+                for entry in sorted(os.listdir(fd)):
+                    entry_path = f'{path}/{entry}'
+                    paths.check_regular(
+                        entry_path, paths.lstat_in(fd, entry, entry_path),
+                        single_link=False)
+                    claims.enter_context(
+                        inuse.claimed_name(fd, entry, entry_path))
+                now = paths.lstat_in(parent, old, path)
+                if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+                    raise errors.InUse(f'{path}: was replaced while checked')
+                try:
+                    _renameat2(parent, old, parent, new, _RENAME_NOREPLACE)
+                except OSError as err:
+                    if err.errno == errno.EEXIST:
+                        raise errors.AlreadyExists(
+                            f'{target}: already exists') from None
+                    raise errors.PrivilegedError(
+                        f'rename {path} -> {target}: {err.strerror}') \
+                        from None
+        finally:
+            os.close(fd)
         paths.fsync_directory(parent)
 
 

@@ -91,3 +91,44 @@ class PoolRemove(base.ShowOne):
     def take_action(self, args):
         self.client().call('admin.pool.Remove', pool=args.name)
         return self.fields({'name': args.name, 'removed': True})
+
+
+class PoolOrphans(base.Lister):
+    """List what lies in a directory pool that no volume owns; with
+    --remove [PATH ...], delete it (all of it, or the PATHs named)."""
+
+    def get_parser(self, prog_name):
+        parser = super().get_parser(prog_name)
+        parser.add_argument('name', help='pool to scan')
+        parser.add_argument('--remove', nargs='*', metavar='PATH',
+                            help='delete the orphans listed: all of them, '
+                                 'or only the PATHs named (relative to the '
+                                 'pool, as listed); each must be in the '
+                                 'current list')
+        return parser
+
+    def take_action(self, args):
+        client = self.client()
+        if args.remove is not None:
+            removed = client.call('admin.pool.RemoveOrphans', pool=args.name,
+                                  paths=args.remove or None)
+            return self.rows(removed, ('path', 'removed'))
+        orphans = client.call('admin.pool.ListOrphans', pool=args.name)
+        return self.rows(orphans, ('path', 'type', 'size'))
+
+
+class PoolAdopt(base.ShowOne):
+    """Record an orphan volume directory DOMAIN/VOLUME of a pool as the
+    persistent volume DOMAIN:VOLUME."""
+
+    def get_parser(self, prog_name):
+        parser = super().get_parser(prog_name)
+        parser.add_argument('name', help='pool holding the directory')
+        parser.add_argument('volume', metavar='DOMAIN:VOLUME',
+                            help='the orphan directory DOMAIN/VOLUME, '
+                                 'addressed as a volume')
+        return parser
+
+    def take_action(self, args):
+        return self.fields(self.client().call(
+            'admin.pool.AdoptOrphan', pool=args.name, volume=args.volume))
