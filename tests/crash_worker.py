@@ -75,7 +75,7 @@ def prepare(mgr, spec):
         _commit(mgr, 'vm', b'C' * 65536)
         return lambda: mgr.revert('vm:root')
     if op == 'import':
-        target = mgr.import_begin('vm:root', 2 * MiB)
+        target = mgr.import_begin('vm:root', 2 * MiB, force=True)
         rig.pwrite(target, 0, b'D' * 65536)
         return lambda: mgr.import_end('vm:root', True)
     if op == 'resize':

@@ -326,7 +326,7 @@ def _tree(rig, svc):
 def _begin_import(svc, size):
     sock = _connect(svc)
     sock.sendall(_request('admin.vm.volume.Import', volume='vm:root',
-                          size=size))
+                          size=size, force=True))
     reader = sock.makefile('rb')
     assert json.loads(reader.readline())['result']['ready'] is True
     return sock

@@ -89,7 +89,8 @@ def test_every_interface_command_with_json(service, rig, tmp_path):
     data = os.urandom(2 * MiB)
     image = tmp_path / 'in.img'
     image.write_bytes(data)
-    assert j('volume', 'import', 'vm:root', str(image))['size'] == 2 * MiB
+    assert j('volume', 'import', 'vm:root', str(image),
+             '--force')['size'] == 2 * MiB
     revisions = j('volume', 'revisions', 'vm:root')
     assert revisions and set(revisions[0]) == {'id', 'timestamp', 'size'}
     out = tmp_path / 'out.img'
