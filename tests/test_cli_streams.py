@@ -287,7 +287,7 @@ def test_existing_target_needs_force_then_is_replaced_atomically(
 @pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_export_leaves_the_old_target(service, tmp_path, sig):
     service.json('volume', 'create', 'vm:big', '--pool', 'default', '--size',
-                 '2G')
+                 '6G')
     work = tmp_path / 'out'
     work.mkdir()
     target, original = _precious(work)
@@ -303,7 +303,7 @@ def test_interrupted_export_leaves_the_old_target(service, tmp_path, sig):
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    time.sleep(1)
+    time.sleep(0.2)
     assert proc.poll() is None, 'the export ended before the signal'
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
