@@ -12,6 +12,7 @@ import subprocess
 
 from oslo_privsep import capabilities
 
+from bench import images
 from bench import privileged_calls
 from bench import timing
 from volsep.privileged import confined
@@ -41,25 +42,11 @@ def _with_landlock(argv, readable, writable=()):
     assert result.returncode == 0, result.stderr
 
 
-def _qcow2(directory, data_mib):
-    raw = f'{directory}/conf-source.raw'
-    with open(raw, 'wb') as f:
-        f.truncate(1 << 30)
-        for i in range(data_mib // 4):
-            f.seek(i * 8 * MiB)
-            f.write(os.urandom(4 * MiB))
-    path = f'{directory}/conf-source.qcow2'
-    subprocess.run(['qemu-img', 'convert', '-f', 'raw', '-O', 'qcow2', raw,
-                    path], check=True)
-    os.unlink(raw)
-    return path
-
-
 def qemu_img():
     privileged_calls.start_daemons()
     directory = f'{privileged_calls.ROOT}/bench-confinement'
     os.makedirs(directory, exist_ok=True)
-    source = _qcow2(directory, 64)
+    source = images.image(directory, 'qcow2', 'qcow2', 64)
     fd = os.open(source, os.O_RDONLY)
     info = [qemu.QEMU_IMG, 'info', '-f', 'qcow2', '--force-share',
             '--output=json', qemu.fd_path(fd)]

@@ -14,7 +14,7 @@ MiB = 1 << 20
 GiB = 1 << 30
 
 
-def _image(directory, fmt, qemu_fmt, data_mib):
+def image(directory, fmt, qemu_fmt, data_mib):
     """A 1 GiB image holding ``data_mib`` MiB of random data in 16 MiB runs
     spread over the disk, converted by qemu-img itself."""
     raw = f'{directory}/source-{fmt}.raw'
@@ -37,7 +37,7 @@ def inspection():
     os.makedirs(directory, exist_ok=True)
     for fmt, qemu_fmt in (('qcow2', 'qcow2'), ('vmdk', 'vmdk'),
                           ('vhdx', 'vhdx')):
-        path = _image(directory, fmt, qemu_fmt, 64)
+        path = image(directory, fmt, qemu_fmt, 64)
         fd = os.open(path, os.O_RDONLY)
         try:
             inspect = timing.median_seconds(
@@ -56,7 +56,7 @@ def qcow2_import():
     --format qcow2` vs a bare `qemu-img convert` to raw with the same cache
     mode, on the same XFS."""
     mount = service.mount()
-    source = _image(mount, 'qcow2', 'qcow2', 512)
+    source = image(mount, 'qcow2', 'qcow2', 512)
     bare = service.timed(['qemu-img', 'convert', '-f', 'qcow2', '-O', 'raw',
                            '-t', 'none', source, f'{mount}/bare.raw'])
     state_dir = f'{mount}/svc-images'
