@@ -2,8 +2,12 @@
 
 Started as root (system mode) it prepares its directory, binds its socket,
 forks the privileged daemons and then runs as --user. Started as anyone
-else (user mode) it does the same without privileges. Everything lives
-under --state-dir unless configured otherwise:
+else (user mode) it does the same without privileges. With --privsep-start
+sudo (sudo mode) it is started as --user itself, on a directory that
+`volsepd --prepare` made as root, and starts the privileged daemons through
+the sudoers rule in etc/sudoers.d/volsep; their configuration is then the
+fixed /etc/volsep/privileged.conf and the socket is DIR/run/volsepd.sock.
+Everything lives under --state-dir unless configured otherwise:
 
     DIR/volsepd.lock      held (flock) for the service's whole life: one
                           volsepd per state directory; holds its pid
@@ -20,6 +24,7 @@ import os
 import pwd
 import signal
 import socket
+import stat
 import sys
 
 from oslo_config import cfg
@@ -29,13 +34,13 @@ from volsep.frontend import admission
 from volsep.frontend import api as api_module
 from volsep.frontend import events
 from volsep.frontend import manager as manager_module
-from volsep.frontend import ownership
 from volsep.frontend import policy as policy_module
 from volsep.frontend import privsep_start
 from volsep.privileged import config as root_config
 from volsep.privileged import contexts
 from volsep.privileged import files
 from volsep.privileged import guard
+from volsep.privileged import ownership
 
 LOG = logging.getLogger('volsep.daemon')
 CONF = cfg.CONF
@@ -61,6 +66,15 @@ OPTS = [
     cfg.IntOpt('socket-mode', default=0o666,
                help='Mode of the API socket; the policy decides what each '
                     'caller may do.'),
+    cfg.StrOpt('privsep-start', default='fork', choices=('fork', 'sudo'),
+               help='How the root daemons start: "fork" from volsepd '
+                    'itself (started as root: system mode; otherwise user '
+                    'mode), or "sudo" for a volsepd started as --user that '
+                    'runs volsep-privsep-helper through sudo.'),
+    cfg.BoolOpt('prepare', default=False,
+                help='As root: make --state-dir ready for a sudo-mode '
+                     'service running as --user (and write '
+                     '/etc/volsep/privileged.conf if absent), then exit.'),
 ]
 
 # Admission and timeouts (admission.py): every local user can connect.
@@ -168,15 +182,92 @@ def _prepare_directory(state_dir, user, system):
     return frontend_state
 
 
+def _write_root_config(path, state_dir):
+    """Write the root side's configuration for ``state_dir`` unless
+    ``path`` exists; return whether it was written."""
+    if os.path.exists(path):
+        return False
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    with os.fdopen(fd, 'w') as f:
+        f.write('[privileged]\n'
+                f'allowed_roots = {os.path.join(state_dir, "pools")}\n'
+                f'audit_log = {os.path.join(state_dir, "audit.log")}\n')
+    return True
+
+
 def _embedded_root_config(state_dir):
     path = os.path.join(state_dir, 'privileged.conf')
-    if not os.path.exists(path):
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        with os.fdopen(fd, 'w') as f:
-            f.write('[privileged]\n'
-                    f'allowed_roots = {os.path.join(state_dir, "pools")}\n'
-                    f'audit_log = {os.path.join(state_dir, "audit.log")}\n')
+    _write_root_config(path, state_dir)
     return path
+
+
+def _owned_directory(path, user, mode):
+    os.makedirs(path, mode=mode, exist_ok=True)
+    entry = pwd.getpwnam(user)
+    os.chown(path, entry.pw_uid, entry.pw_gid, follow_symlinks=False)
+    os.chmod(path, mode, follow_symlinks=False)
+
+
+def _prepare_for_sudo(state_dir, user):
+    """--prepare: what a root volsepd would make for itself, plus the
+    socket directory, for a service that never runs as root. Everything
+    the root daemons use (DIR, DIR/pools, the audit log) stays root's."""
+    if os.geteuid() != 0:
+        raise SystemExit('volsepd: --prepare must run as root')
+    _prepare_directory(state_dir, user, True)
+    # The service must reach state/ and run/ through DIR whatever the
+    # umask (the unit's is 0077); nothing in DIR itself is secret.
+    os.chmod(state_dir, 0o755)
+    _owned_directory(os.path.join(state_dir, 'run'), user, 0o755)
+    os.makedirs(os.path.dirname(root_config.DEFAULT_CONFIG_PATH),
+                mode=0o755, exist_ok=True)
+    path = root_config.DEFAULT_CONFIG_PATH
+    if _write_root_config(path, state_dir):
+        print(f'volsepd: wrote {path} (allowed_roots = {state_dir}/pools)',
+              file=sys.stderr)
+    else:
+        print(f'volsepd: kept {path}: its allowed_roots must include '
+              f'{state_dir}/pools', file=sys.stderr)
+    print(f'volsepd: {state_dir} is ready for "volsepd --privsep-start sudo '
+          f'--state-dir {state_dir}" run as {user}', file=sys.stderr)
+    return 0
+
+
+def _sudo_mode_directory(state_dir):
+    """The state directory of a sudo-mode service: made by --prepare,
+    root's except the parts the service itself writes."""
+    if os.geteuid() == 0:
+        raise SystemExit('volsepd: --privsep-start sudo is for a service '
+                         'started as its own user; started as root, '
+                         'volsepd forks its root daemons itself')
+    if CONF.privileged_config not in (None, root_config.DEFAULT_CONFIG_PATH):
+        raise SystemExit(f'volsepd: with --privsep-start sudo the root side '
+                         f'reads only {root_config.DEFAULT_CONFIG_PATH}; '
+                         f'--privileged-config cannot choose another')
+    _check_private(state_dir)
+    expected = [(state_dir, 0), (os.path.join(state_dir, 'state'),
+                                 os.getuid()),
+                (os.path.join(state_dir, 'run'), os.getuid())]
+    for path, uid in expected:
+        try:
+            st = os.lstat(path)
+            ready = stat.S_ISDIR(st.st_mode) and st.st_uid == uid
+        except FileNotFoundError:
+            ready = False
+        if not ready:
+            raise SystemExit(
+                f'volsepd: {state_dir} is not prepared for sudo mode '
+                f'({path} must be a directory of uid {uid}): run '
+                f'"volsepd --prepare --state-dir {state_dir} --user '
+                f'{pwd.getpwuid(os.getuid()).pw_name}" as root first')
+    _lock_state_directory(state_dir, None, False)
+    return os.path.join(state_dir, 'state')
+
+
+def _default_socket(state_dir, sudo):
+    # A sudo-mode service cannot create files in its root-owned DIR.
+    return os.path.join(state_dir, *(['run'] if sudo else []),
+                        'volsepd.sock')
 
 
 def _bind(path, mode, user, system):
@@ -294,15 +385,25 @@ def main(argv=None):
         # a command-line option) or the help.
         return 2 if done.code else 0
     logging.setup(CONF, 'volsep')
-    limits = _limits()
     state_dir = os.path.abspath(CONF.state_dir)
+    if CONF.prepare:
+        return _prepare_for_sudo(state_dir, CONF.user)
+    limits = _limits()
     system = os.geteuid() == 0
-    frontend_state = _prepare_directory(state_dir, CONF.user, system)
-    os.environ[root_config.CONFIG_ENV] = (
-        CONF.privileged_config or _embedded_root_config(state_dir))
-    sock = _bind(CONF.socket or os.path.join(state_dir, 'volsepd.sock'),
+    sudo = CONF.privsep_start == 'sudo'
+    if sudo:
+        frontend_state = _sudo_mode_directory(state_dir)
+    else:
+        frontend_state = _prepare_directory(state_dir, CONF.user, system)
+        os.environ[root_config.CONFIG_ENV] = (
+            CONF.privileged_config or _embedded_root_config(state_dir))
+    sock = _bind(CONF.socket or _default_socket(state_dir, sudo),
                  CONF.socket_mode, CONF.user, system)
-    mode = privsep_start.start_daemons()
+    try:
+        mode = privsep_start.start_daemons(CONF.privsep_start)
+    except privsep_start.SudoUnavailable as err:
+        print(f'volsepd: {err}', file=sys.stderr)
+        return 1
     if system:
         privsep_start.drop_privileges(CONF.user)
         if not os.access(frontend_state, os.W_OK | os.X_OK):

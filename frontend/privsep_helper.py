@@ -60,11 +60,17 @@ def main():
     # The guarded daemon (privileged/guard.py), never oslo.privsep's stock
     # helper_main, whose daemon imports whatever a request names.
     from oslo_config import cfg
+    from volsep.privileged import config as root_config
     from volsep.privileged import contexts
     from volsep.privileged import guard
+    # The root configuration is the fixed, root-owned default: never a
+    # path from the caller's environment, even if sudo were told to keep it.
+    os.environ.pop(root_config.CONFIG_ENV, None)
     config_files = [CONFIG_FILE] if os.path.exists(CONFIG_FILE) else []
     cfg.CONF(args=[], default_config_files=config_files, project='volsep')
     context = next(ctx for ctx in contexts.ALL if ctx.pypath == args[3])
+    cfg.CONF.set_override('thread_pool_size', contexts.THREADS,
+                          group=context.cfg_section)
     guard.connect_and_serve(context, args[5])
     return 0
 

@@ -30,6 +30,11 @@ long_jobs = priv_context.PrivContext(
 
 ALL = (file_ops, long_jobs)
 
+# Worker threads per daemon: enough for the pipelined writes of several
+# streams and a few long jobs at once, with one left for the watchdog's
+# ping (which goes through the same pool, so a wedged pool is noticed).
+THREADS = 16
+
 # Where each context's entrypoints are defined: its daemon serves the
 # entrypoints of these modules and refuses every other name (guard.py).
 MODULES = {

@@ -1,7 +1,9 @@
-"""Whether a directory volsepd is told to use is its own.
+"""Whether a directory is safe for a service running as a given uid.
 
-A state directory that another local user created, or could write to, lets
-that user swap the pools, the audit log or the socket under a root service.
+A state directory or allowed root that another local user created, or could
+write to, lets that user swap the pools, the audit log or the socket under a
+root service (or point an allowed root at a host directory). volsepd checks
+its state directory with this, and the root side each allowed root it opens.
 So the directory and every directory above it must belong to root or to
 the user volsepd runs as, and must not be writable by group or others,
 except a parent that root owns with the sticky bit (/tmp, /var/tmp), in

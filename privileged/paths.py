@@ -18,6 +18,7 @@ import stat
 
 from volsep.privileged import config
 from volsep.privileged import errors
+from volsep.privileged import ownership
 
 _SYS_OPENAT2 = 437
 _RESOLVE_NO_MAGICLINKS = 0x02
@@ -98,6 +99,17 @@ def _fd(fd):
 
 
 def _open_root(root):
+    # Everything beneath a root is resolved relative to this descriptor,
+    # so the root itself must be where configuration says: if anyone but
+    # root (or this daemon's own uid) owned a directory or symlink on its
+    # way, they could have swapped it for a symlink to /etc between calls.
+    # Once the chain checks out, only its owners can change it, so the
+    # open below reaches what was checked.
+    try:
+        ownership.check(root, os.geteuid())
+    except ownership.NotPrivate as err:
+        raise errors.ConfigurationError(
+            f'allowed root {root} is not safe to use: {err}') from None
     try:
         return os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as err:

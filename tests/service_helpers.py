@@ -32,13 +32,16 @@ class Service:
             rig.write(self.policy_path, json.dumps(policy).encode(), 0o644)
         self.pid = None
 
-    def start(self):
+    def argv(self):
         argv = [f'{VENV}/volsepd', '--state-dir', self.state_dir,
                 '--user', SERVICE_USER]
         if self.policy_path:
             argv += ['--policy-file', self.policy_path]
-        argv += self.extra_args
-        self.pid = rig.spawn(argv, {'PATH': '/usr/bin:/bin'}, self.log)
+        return argv + self.extra_args
+
+    def start(self):
+        self.pid = rig.spawn(self.argv(), {'PATH': '/usr/bin:/bin'},
+                             self.log)
         if not wait_until_answering(self.socket):
             raise AssertionError(f'volsepd did not start: {self.output()}')
         return self

@@ -3,6 +3,7 @@
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -10,7 +11,7 @@ from volsep.privileged import audit
 from volsep.privileged import errors
 from volsep.privileged import files
 
-VOLSEP = '/opt/volsep/venv/bin/volsep'
+VOLSEP = os.path.join(os.path.dirname(sys.executable), 'volsep')
 
 
 def _log_path():

@@ -61,3 +61,44 @@ def test_modes_are_explicit_despite_umask_zero(xfs_dir, rig):
         files.create(f'{xfs_dir}/sub/b', 1, 0o666)
     with pytest.raises(errors.InvalidArgument):
         files.mkdir(f'{xfs_dir}/sub2', 0o777)
+
+
+def test_an_allowed_root_the_frontend_could_swap_is_refused(rig, tmp_path,
+                                                            outside_dir):
+    """Found while wiring sudo mode: the root side opened each allowed root
+    by path and trusted what it found. With the root below a directory the
+    frontend's uid owns (a state directory of the service user's), the
+    frontend replaced the root by a symlink to a host directory, and root
+    calls then read and deleted host files. A root whose chain is not
+    root's alone is now refused, and the host file is untouched."""
+    import json
+    import sys
+    pools = f'{tmp_path}/pools'
+    os.symlink(outside_dir, pools)         # done as the frontend's uid
+    conf_dir = f'{os.environ["VOLSEP_TEST_WORK"]}/swap-{os.getpid()}'
+    rig.mkdir(conf_dir)
+    rig.write(f'{conf_dir}/privileged.conf',
+              f'[privileged]\nallowed_roots = {pools}\n'
+              f'audit_log = {conf_dir}/audit.log\n'.encode(), 0o644)
+    before = rig.sha256(f'{outside_dir}/secret')
+    code = ('import json\n'
+            'from volsep.privileged import contexts, errors, files\n'
+            'contexts.file_ops.set_client_mode(False)\n'
+            'results = []\n'
+            f'for call in (lambda: files.read_at({pools!r} + "/secret", 0, '
+            '12),\n'
+            f'             lambda: files.unlink({pools!r} + "/secret")):\n'
+            '    try:\n'
+            '        results.append(["ok", repr(call())])\n'
+            '    except errors.PrivilegedError as e:\n'
+            '        results.append([type(e).__name__, str(e)])\n'
+            'print(json.dumps(results))\n')
+    rc, out, err = rig.run([sys.executable, '-c', code], env={
+        'VOLSEP_PRIVILEGED_CONFIG': f'{conf_dir}/privileged.conf',
+        'PATH': '/usr/bin:/bin'})
+    rig.rmtree(conf_dir)
+    assert rc == 0, err
+    for kind, message in json.loads(out):
+        assert kind == 'ConfigurationError', message
+        assert 'not safe' in message
+    assert rig.sha256(f'{outside_dir}/secret') == before

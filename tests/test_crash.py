@@ -10,13 +10,14 @@ temporary file after the next operation, and never reuse a revision id.
 
 import json
 import os
+import sys
 import uuid
 
 import pytest
 
 from tests.conftest import ROOTS
 
-PYTHON = '/opt/volsep/venv/bin/python'
+PYTHON = sys.executable   # the venv under test (VOLSEP_VENV)
 OPERATIONS = ['start', 'stop', 'revert', 'import', 'resize', 'clone']
 POOLS = {'reflink-xfs': ('file-reflink', 'xfs', []),
          'file-ext4': ('file', 'ext4', [])}

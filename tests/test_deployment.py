@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+from tests.service_helpers import VENV
 from volsep.frontend import privsep_helper
 
 ETC = os.environ['VOLSEP_TEST_ETC']
@@ -44,7 +45,7 @@ def test_helper_accepts_exactly_the_oslo_shape(tmp_path, monkeypatch):
 
 def test_helper_refuses_without_sudo():
     import subprocess
-    proc = subprocess.run(['/opt/volsep/venv/bin/volsep-privsep-helper',
+    proc = subprocess.run([f'{VENV}/volsep-privsep-helper',
                            'files'], capture_output=True, text=True,
                           env={'PATH': '/usr/bin:/bin'})
     assert proc.returncode == 2 and 'sudo' in proc.stderr
@@ -122,7 +123,7 @@ def test_a_bad_configuration_is_one_line_and_a_usage_exit(tmp_path):
     for argv in (['--config-file', str(tmp_path / 'missing.conf')],
                  ['--config-file', str(broken)],
                  ['--config-file', str(bad_value)]):
-        proc = subprocess.run(['/opt/volsep/venv/bin/volsepd', *argv,
+        proc = subprocess.run([f'{VENV}/volsepd', *argv,
                                '--state-dir', str(tmp_path / 'state')],
                               capture_output=True, text=True,
                               env={'PATH': '/usr/bin:/bin'})
@@ -147,3 +148,52 @@ def test_the_unit_creates_what_it_writes_and_allows_the_sample_roots():
     for path in roots + [audit_log]:
         assert any(path == w or path.startswith(w + '/') for w in writable), \
             path
+
+
+def test_the_sudo_unit_can_reach_sudo_and_prepares_as_root():
+    """etc/systemd/volsepd-sudo.service: the service runs as volsep, so
+    NoNewPrivileges would stop sudo; the bounding set keeps what sudo and
+    the root daemons need; the state directory is made as root ('+'), and
+    StateDirectory=/LogsDirectory= (which would hand the audit log and the
+    pools to volsep) are not used. Every volsepd command line in it parses."""
+    import shlex
+    import subprocess
+    with open(f'{ETC}/systemd/volsepd-sudo.service') as f:
+        unit = f.read()
+    settings = [line.split('=', 1) for line in unit.splitlines()
+                if '=' in line and not line.startswith('#')]
+    keys = {key for key, _ in settings}
+    assert 'NoNewPrivileges' not in keys
+    assert not {'StateDirectory', 'LogsDirectory'} & keys
+    assert ('User', 'volsep') in [tuple(s) for s in settings]
+    bounding = dict(settings)['CapabilityBoundingSet'].split()
+    assert {'CAP_SETUID', 'CAP_SETGID', 'CAP_DAC_OVERRIDE'} <= set(bounding)
+    commands = [value for key, value in settings
+                if key in ('ExecStart', 'ExecStartPre')]
+    volsepd = [shlex.split(c.lstrip('+')) for c in commands
+               if 'volsepd' in c]
+    assert [c for c in commands if '--prepare' in c][0].startswith('+')
+    assert any(argv[-2:] == ['--privsep-start', 'sudo'] for argv in volsepd)
+    for argv in volsepd:
+        args = [a for a in argv[1:] if a != '--config-file' and
+                not a.startswith('/etc/')]
+        proc = subprocess.run([f'{VENV}/volsepd', *args, '--help'],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, (argv, proc.stderr)
+
+
+def test_the_defaults_the_volsepd_sample_shows_are_the_real_ones():
+    """Commented '# key = value' lines in etc/volsep.conf.sample document
+    defaults: each names a volsepd option and shows its actual default."""
+    import re
+    from volsep.frontend import daemon
+    options = {opt.dest: opt for opt in daemon.OPTS + daemon.LIMIT_OPTS}
+    with open(f'{ETC}/volsep.conf.sample') as f:
+        shown = re.findall(r'^# ([a-z_]+) = (\S+)$', f.read(), re.M)
+    documented = [(key, value) for key, value in shown
+                  if options.get(key) is not None and
+                  options[key].default is not None]
+    assert {'privsep_start', 'max_connections', 'stream_timeout'} <= \
+        {key for key, _ in documented}
+    for key, value in documented:
+        assert options[key].type(value) == options[key].default, key

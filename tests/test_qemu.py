@@ -2,13 +2,14 @@
 
 import json
 import os
+import sys
 
 import pytest
 
 from volsep.privileged import errors
 from volsep.privileged import qemu
 
-PYTHON = '/opt/volsep/venv/bin/python'
+PYTHON = sys.executable   # the venv under test (VOLSEP_VENV)
 
 
 def test_info_on_real_qcow2_returns_parsed_json(xfs_dir):

@@ -163,7 +163,8 @@ def test_a_state_directory_made_by_someone_else_in_the_window_is_refused(
     rig.mkdir(victim, 0o700)
     script = textwrap.dedent(f'''
         import os
-        from volsep.frontend import daemon, ownership
+        from volsep.frontend import daemon
+        from volsep.privileged import ownership
         state = {sticky!r} + '/volsep'
         real = ownership.check
         def check(path, uid):
