@@ -4,6 +4,7 @@ import sys
 
 from bench import chains
 from bench import confinement
+from bench import hot_path
 from bench import images
 from bench import privileged_calls
 from bench import service
@@ -21,6 +22,8 @@ BENCHMARKS = {
     'chain-validation': chains.validation,
     'chain-merges': chains.merges,
     'qemu-img-confinement': confinement.qemu_img,
+    'api-cycle': hot_path.api_cycle,
+    'concurrent-starts': hot_path.concurrent_starts,
 }
 
 

@@ -3,6 +3,7 @@
 import os
 import signal
 import subprocess
+import sys
 import time
 
 from bench import privileged_calls
@@ -10,7 +11,7 @@ from bench import timing
 from volsep.frontend import client as client_module
 from volsep.frontend import state as state_module
 
-VENV = '/opt/volsep/venv/bin'
+VENV = os.path.dirname(sys.executable)   # the venv bench/run runs
 GiB = 1 << 30
 
 
@@ -83,7 +84,7 @@ def streams():
         stop(proc)
 
 
-def _populate(state_dir, count):
+def populate(state_dir, count):
     """A state of ``count`` volumes, written directly (the API would
     rewrite the state document once per volume)."""
     pool_dir = f'{state_dir}/pools/default'
@@ -97,15 +98,18 @@ def _populate(state_dir, count):
                      os.O_CREAT | os.O_WRONLY, 0o600)
         os.ftruncate(fd, 1 << 30)
         os.close(fd)
-        domains.setdefault(domain, (False, []))[1].append(
+        domains.setdefault(domain, []).append(
             {'name': name, 'pool': 'default', 'kind': 'persistent',
              'size': 1 << 30, 'rw': True, 'revisions_to_keep': 1,
              'source': None})
-    pools = {'default': ('file-reflink', {'dir_path': pool_dir})}
-    state_module.StateDocument(f'{state_dir}/state/state.xml').save(
-        state_module.Snapshot(pools, domains, 'default'))
-    os.chown(f'{state_dir}/state', *_volsep_ids())
-    os.chown(f'{state_dir}/state/state.xml', *_volsep_ids())
+    store = state_module.StateStore(f'{state_dir}/state')
+    store.load()   # makes its directories
+    store.save_pools({'default': ('file-reflink', {'dir_path': pool_dir})},
+                     'default')
+    for name, volumes in domains.items():
+        store.save_domain(name, volumes)
+    subprocess.run(['chown', '-R', '%d:%d' % _volsep_ids(),
+                    f'{state_dir}/state'], check=True)
 
 
 def _volsep_ids():
@@ -117,7 +121,7 @@ def _volsep_ids():
 def ten_thousand(count=10000):
     state_dir = f'{mount()}/svc-many'
     os.makedirs(f'{state_dir}/pools', mode=0o755)
-    _populate(state_dir, count)
+    populate(state_dir, count)
     proc, _ = start(state_dir)  # first start writes the root config
     stop(proc)
     proc, restart = start(state_dir)

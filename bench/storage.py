@@ -26,34 +26,51 @@ def _in_process(flag):
         ctx.set_client_mode(not flag)
 
 
-def cycle(repeat=40):
-    """start+stop of a 256 MiB persistent volume (revisions_to_keep=1)."""
-    privileged_calls.start_daemons()
-    mgr, state = _manager('cycle')
+def _volume_with_data(name):
+    """A manager whose vm:root is a 256 MiB persistent volume full of
+    data (revisions_to_keep=1)."""
+    mgr, state = _manager(name)
     mgr.create_volume('vm:root', 'p', 256 * MiB, revisions_to_keep=1)
     path = mgr.start_domain('vm')[0]['path']
     with open(path, 'r+b') as f:  # 256 MiB of data to share
         f.write(os.urandom(256 * MiB))
     mgr.stop_domain('vm')
+    return mgr, state
+
+
+def in_process_cycle(name):
+    """(cycle, cleanup): one start+stop of such a volume done by the
+    driver in this process as root, no privsep, no service: the durable
+    file operations alone (FICLONE, renames, fsyncs)."""
+    mgr, state = _volume_with_data(name)
     volume = mgr._volume(mgr._config('vm:root'))
 
-    def through_manager():
-        mgr.start_domain('vm')
-        mgr.stop_domain('vm')
-
-    def same_calls_in_process():
+    def cycle():
         _in_process(True)
         try:
             volume.start()
             volume.stop()
         finally:
             _in_process(False)
+    return cycle, lambda: shutil.rmtree(state)
+
+
+def cycle(repeat=40):
+    """start+stop of a 256 MiB persistent volume (revisions_to_keep=1)."""
+    privileged_calls.start_daemons()
+    mgr, state = _volume_with_data('cycle')
+    same_calls_in_process, cleanup = in_process_cycle('cycle-baseline')
+
+    def through_manager():
+        mgr.start_domain('vm')
+        mgr.stop_domain('vm')
     baseline, measured = timing.interleaved_medians(
         [same_calls_in_process, through_manager], repeat, block=5)
     timing.report('same syscalls in-process as root (baseline)', baseline,
                   baseline, 'ms')
     timing.report('manager + privsep', measured, baseline, 'ms')
     shutil.rmtree(state)
+    cleanup()
 
 
 def snapshot_start(repeat=10):

@@ -207,10 +207,10 @@ class Api:
         self.hub.publish(event, subject)
         if event in ('domain-started', 'domain-stopped'):
             verb = event.split('-')[1]
-            for vol in self.manager.list_volumes(domains=(subject,)):
-                address = f'{vol["domain"]}:{vol["name"]}'
+            # On the event loop: from memory, never through the root side.
+            for address, kind in self.manager.domain_volumes(subject):
                 self.hub.publish(f'volume-{verb}', address)
-                if verb == 'stopped' and vol['kind'] == 'persistent':
+                if verb == 'stopped' and kind == 'persistent':
                     self.hub.publish('volume-committed', address)
 
     async def _import(self, request_id, params, reader, writer, scope):

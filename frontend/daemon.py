@@ -14,7 +14,8 @@ Everything lives under --state-dir unless configured otherwise:
     DIR/privileged.conf   the root side's allow-list (written if absent)
     DIR/audit.log         the root side's audit log
     DIR/pools/default/    the default pool
-    DIR/state/state.xml   the frontend's state (owned by the frontend user)
+    DIR/state/            the frontend's state (owned by the frontend user):
+                          pools.xml, domains/NAME.xml, running/NAME
     DIR/volsepd.sock      the API socket
 """
 

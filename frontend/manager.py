@@ -3,7 +3,10 @@
 One lock per volume serialises operations on it; operations on different
 volumes run in parallel. A domain's volumes start and stop in parallel, all
 are waited for, then the first error is raised. Every change to settings is
-saved to the state document before the call returns.
+saved to its domain's document (or the pools' document) before the call
+returns; starting and stopping touch only the domain's running mark (and,
+for a chain driver's stop, its document), so they cost the same however
+many other domains exist (state.py).
 """
 
 import collections
@@ -13,7 +16,6 @@ import dataclasses
 import errno
 import functools
 import logging
-import os
 import threading
 
 from volsep.drivers import base
@@ -111,12 +113,16 @@ def parse_address(address):
 @_contract_errors
 class Manager:
     def __init__(self, state_dir):
-        self.document = state_module.StateDocument(
-            os.path.join(state_dir, 'state.xml'))
+        self.store = state_module.StateStore(state_dir)
         self.pools = {}
         self.domains = {}
         self.default_pool = None
-        self._lock = threading.RLock()   # the dicts and the document
+        # Pools, and adding or removing domains and volumes. Starting and
+        # stopping a domain never takes it: lookups are single dict reads
+        # and each domain's document is saved under its own lock.
+        self._lock = threading.RLock()
+        self._snapshots = collections.defaultdict(list)  # source vid -> cfgs
+        self._interrupted_stops = []  # domains whose stop a crash cut short
         self._volume_locks = collections.defaultdict(threading.Lock)
         # A domain's start and stop exclude each other; its volumes still
         # start in parallel under their own locks.
@@ -136,12 +142,18 @@ class Manager:
     # -- state -------------------------------------------------------------
 
     def _load(self):
-        snapshot = self.document.load()
+        snapshot = self.store.load()
+        for path in self.store.removed_temporaries:
+            LOG.warning('removed %s, left by an interrupted save', path)
         self.default_pool = snapshot.default_pool
         for name, (driver, options) in snapshot.pools.items():
             self.pools[name] = drivers.load(driver)(name, options)
-        for name, (running, volumes) in snapshot.domains.items():
-            domain = self.domains[name] = Domain(running)
+        for name, volumes in snapshot.domains.items():
+            mark = snapshot.marks.get(name)
+            domain = self.domains[name] = Domain(
+                mark == state_module.RUNNING)
+            if mark == state_module.STOPPING:
+                self._interrupted_stops.append(name)
             for vol in volumes:
                 domain.volumes[vol['name']] = base.VolumeConfig(
                     domain=name, name=vol['name'], pool=vol['pool'],
@@ -153,21 +165,24 @@ class Manager:
             for config in domain.volumes.values():
                 if config.source:
                     config.source = self._config(config.source)
+                    self._snapshots[config.source.vid].append(config)
 
-    def _save(self):
-        pools = {name: (pool.driver, self._option_strings(pool))
-                 for name, pool in self.pools.items()}
-        domains = {}
-        for name, domain in self.domains.items():
-            domains[name] = (domain.running, [
-                {'name': c.name, 'pool': c.pool, 'kind': c.kind,
-                 'size': c.size, 'rw': c.rw,
-                 'revisions_to_keep': c.revisions_to_keep,
-                 'source': c.source.address if c.source else None,
-                 'format': c.format, 'chain': c.chain}
-                for c in domain.volumes.values()])
-        self.document.save(state_module.Snapshot(pools, domains,
-                                                 self.default_pool))
+    def _save_pools(self):
+        self.store.save_pools(
+            {name: (pool.driver, self._option_strings(pool))
+             for name, pool in self.pools.items()}, self.default_pool)
+
+    def _save_domain(self, name):
+        """Write domain ``name``'s document (nothing if it did not
+        change); no volumes left removes it."""
+        domain = self.domains.get(name)
+        self.store.save_domain(name, [
+            {'name': c.name, 'pool': c.pool, 'kind': c.kind,
+             'size': c.size, 'rw': c.rw,
+             'revisions_to_keep': c.revisions_to_keep,
+             'source': c.source.address if c.source else None,
+             'format': c.format, 'chain': c.chain}
+            for c in (domain.volumes.values() if domain else ())])
 
     @staticmethod
     def _option_strings(pool):
@@ -190,8 +205,8 @@ class Manager:
                     LOG.warning('pool %s: %s %s, left by an interrupted '
                                 'volume removal', name, action, path)
         scans = {name: pool.listings() for name, pool in self.pools.items()}
-        tidied = False
-        for domain in list(self.domains.values()):
+        for name, domain in list(self.domains.items()):
+            tidied = False
             for config in domain.volumes.values():
                 volume = self._volume(config)
                 listing = volume.listing(scans[config.pool])
@@ -204,8 +219,14 @@ class Manager:
                     if not domain.running:
                         volume.stop()
                 tidied = True
-        if tidied:  # a chain record may have followed the disk
-            self._save()
+            if tidied:  # a chain record may have followed the disk
+                self._save_domain(name)
+        # Every volume of these is stopped now: the stop is complete.
+        for name in self._interrupted_stops:
+            LOG.warning('domain %s: finished a stop that was interrupted',
+                        name)
+            self.store.mark_stopped(name)
+        self._interrupted_stops = []
 
     # -- lookups -----------------------------------------------------------
 
@@ -241,8 +262,7 @@ class Manager:
         return bool(domain and domain.running)
 
     def _dependents(self, config):
-        return [c for d in self.domains.values() for c in d.volumes.values()
-                if c.source is config]
+        return list(self._snapshots.get(config.vid, ()))
 
     # -- size limits -------------------------------------------------------
 
@@ -300,7 +320,7 @@ class Manager:
             self._check_no_overlap(pool)
             pool.setup()
             self.pools[name] = pool
-            self._save()
+            self._save_pools()
         return self.pool_info(name)
 
     def _check_no_overlap(self, pool):
@@ -420,7 +440,7 @@ class Manager:
                 config.size = volume.state()['size']
                 self.domains.setdefault(domain_name, Domain()).volumes[
                     volume_name] = config
-                self._save()
+                self._save_domain(domain_name)
         LOG.info('pool %s: adopted %s as %s', name, vid, address)
         return self.volume_info(address)
 
@@ -428,7 +448,7 @@ class Manager:
         with self._lock:
             self._pool(name)
             self.default_pool = name
-            self._save()
+            self._save_pools()
 
     def remove_pool(self, name):
         with self._lock:
@@ -442,7 +462,7 @@ class Manager:
                 raise errors.PoolInUse(f'pool {name} is the default pool')
             pool.destroy()
             del self.pools[name]
-            self._save()
+            self._save_pools()
 
     def set_pool(self, name, options):
         with self._lock:
@@ -454,7 +474,7 @@ class Manager:
                         f'option {key} cannot be changed on an existing pool')
                 given[key] = value
             pool.options = pool.parse_options(given)
-            self._save()
+            self._save_pools()
             return self.pool_info(name)
 
     def pool_info(self, name):
@@ -542,7 +562,9 @@ class Manager:
                 self._volume(config).create()
                 self.domains.setdefault(domain_name, Domain()).volumes[
                     name] = config
-                self._save()
+                if source_config is not None:
+                    self._snapshots[source_config.vid].append(config)
+                self._save_domain(domain_name)
         return self.volume_info(address)
 
     def remove_volume(self, address):
@@ -565,13 +587,15 @@ class Manager:
                 if not domain.volumes:
                     del self.domains[config.domain]
                 try:
-                    self._save()
+                    self._save_domain(config.domain)
                 except BaseException:
                     self.domains.setdefault(config.domain, domain).volumes[
                         config.name] = config
                     if removal is not None:
                         removal.undo()
                     raise
+                if config.source is not None:
+                    self._snapshots[config.source.vid].remove(config)
                 pending = self._importing.pop(config.vid, None)
                 if pending is not None:
                     self._release(pending.pool, pending.reserved)
@@ -602,6 +626,13 @@ class Manager:
             'import_pending': config.vid in self._importing,
             'damaged': disk.get('damaged'),
         }
+
+    def domain_volumes(self, name):
+        """(address, kind) of a domain's volumes, from memory alone: for
+        events, which must never wait on the disk or the root side."""
+        domain = self.domains.get(name)
+        return [(c.address, c.kind) for c in
+                (domain.volumes.values() if domain else ())]
 
     def list_volumes(self, pool=None, domains=()):
         with self._lock:
@@ -649,8 +680,7 @@ class Manager:
                 raise errors.InvalidArgument(
                     f'property {prop!r} cannot be set; use rw or '
                     f'revisions_to_keep')
-            with self._lock:
-                self._save()
+            self._save_domain(config.domain)
         return self.volume_info(address)
 
     def resize(self, address, size, force=False):
@@ -679,8 +709,7 @@ class Manager:
             volume.resize(size, allow_shrink=size < current, running=running)
             if config.kind == 'volatile':
                 config.size = size
-                with self._lock:
-                    self._save()
+                self._save_domain(config.domain)
         return self.volume_info(address)
 
     def revisions(self, address):
@@ -950,13 +979,12 @@ class Manager:
             return self._start_domain(name)
 
     def _start_domain(self, name):
-        with self._lock:
-            domain = self._domain(name)
-            if domain.running:
-                raise errors.VolumeBusy(f'domain {name} is already running')
-            configs = list(domain.volumes.values())
-            for config in configs:
-                self._check_startable(config)
+        domain = self._domain(name)
+        if domain.running:
+            raise errors.VolumeBusy(f'domain {name} is already running')
+        configs = list(domain.volumes.values())
+        for config in configs:
+            self._check_startable(config)
         for config in configs:  # verify everything before starting anything
             self._volume(config).verify()
 
@@ -971,12 +999,11 @@ class Manager:
                         'format': volume.attached_format(), 'rw': config.rw}
         try:
             result = self._all(configs, start_one)
+            self.store.mark_running(name)
         except Exception:
             self._all(list(started), self._stop_one)
             raise
-        with self._lock:
-            domain.running = True
-            self._save()
+        domain.running = True   # no document changes: only the mark
         return result
 
     def _check_startable(self, config):
@@ -998,13 +1025,14 @@ class Manager:
             self._stop_domain(name)
 
     def _stop_domain(self, name):
-        with self._lock:
-            domain = self._domain(name)
-            configs = list(domain.volumes.values())
+        domain = self._domain(name)
+        configs = list(domain.volumes.values())
+        if domain.running:
+            self.store.mark_stopping(name)
         self._all(configs, self._stop_one)
-        with self._lock:
-            domain.running = False
-            self._save()
+        self._save_domain(name)   # a chain driver may have added a layer
+        self.store.mark_stopped(name)
+        domain.running = False
 
     # -- libvirt XML -------------------------------------------------------
 
@@ -1101,8 +1129,7 @@ class Manager:
                                  volume.pool.dir_path)
             before = volume.recorded()
             volume.set_record(record)
-            with self._lock:
-                self._save()
+            self._save_domain(config.domain)
         return {'before': before, 'after': record}
 
     def _check_chain_idle(self, config, what):
@@ -1119,8 +1146,7 @@ class Manager:
             self._check_chain_idle(config, what)
             record = volume.recorded()
             volume.set_record(operation(record, top, base))
-            with self._lock:
-                self._save()
+            self._save_domain(config.domain)
             return volume.recorded()
 
     def chain_commit(self, address, top, base):

@@ -11,6 +11,7 @@ Phases:
          the domain and report again.
 """
 
+import faulthandler
 import json
 import os
 import signal
@@ -68,6 +69,9 @@ def prepare(mgr, spec):
     if op == 'start':
         return lambda: mgr.start_domain('vm')
     if op == 'stop':
+        # A volatile volume beside it: a stop cut short must never leave
+        # the domain running with that working copy gone.
+        mgr.create_volume('vm:tmp', 'p', SIZE, kind='volatile')
         path = mgr.start_domain('vm')[0]['path']
         rig.pwrite(path, 0, b'B' * 65536)
         return lambda: mgr.stop_domain('vm')
@@ -133,7 +137,9 @@ def phase_op(mgr, spec, daemon_pid):
 def phase_check(mgr, spec, daemon_pid):
     mgr.reconcile()
     emit(reconciled=_digest(mgr), names=_names(mgr), ids=_ids(mgr),
-         running=mgr.domains['vm'].running)
+         running=mgr.domains['vm'].running,
+         unattached=[c.address for c in mgr.domains['vm'].volumes.values()
+                     if mgr.volume_info(c.address)['path'] is None])
     if mgr.domains['vm'].running:
         mgr.stop_domain('vm')
     mgr.start_domain('vm')
@@ -144,6 +150,9 @@ def phase_check(mgr, spec, daemon_pid):
 
 
 def main():
+    # A phase that hangs prints every thread's stack, for the test to show,
+    # before the test's own timeout kills it silently.
+    faulthandler.dump_traceback_later(100, exit=True)
     spec = json.loads(sys.argv[1])
     from volsep.frontend import manager as manager_module
     from volsep.frontend import privsep_start

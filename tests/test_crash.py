@@ -79,6 +79,8 @@ def test_kill_after_every_privileged_call(op, pool, target, tmp_path, rig):
         where += f' / check: {check} {err}'
         assert rc == 0, where
         assert check['reconciled'] in (old, new), where
+        # Recorded as running only with every working copy in place.
+        assert not check['running'] or not check['unattached'], where
         if op == 'stop':  # the working copy is never lost
             assert check['cycled'] == new, where
         else:

@@ -511,7 +511,7 @@ def test_40_44_restart_keeps_running_working_copy(env, rig, tmp_path):
     env.create_volume('vm:root', 'p', MiB)
     path = env.start_domain('vm')[0]['path']
     h.vm_write(rig, path, 0, b'uncommitted')
-    restarted = manager_module.Manager(env.document.path.rsplit('/', 1)[0])
+    restarted = manager_module.Manager(env.store.directory)
     restarted.reconcile()
     assert restarted.volume_info('vm:root')['is_dirty'] is True
     restarted.stop_domain('vm')
@@ -529,9 +529,8 @@ def test_44_restart_of_stopped_domain_commits_or_discards(env, rig):
     env.create_volume('vm:snap', 'p', kind='snapshot', source='base:root')
     path = env.start_domain('vm')[0]['path']
     h.vm_write(rig, path, 0, b'survives')
-    env.domains['vm'].running = False   # recorded stopped, disk says not
-    env._save()
-    restarted = manager_module.Manager(env.document.path.rsplit('/', 1)[0])
+    env.store.mark_stopped('vm')   # recorded stopped, disk says not
+    restarted = manager_module.Manager(env.store.directory)
     restarted.reconcile()
     for address in ('vm:root', 'vm:vol', 'vm:snap'):
         assert restarted.volume_info(address)['is_dirty'] is False
@@ -688,17 +687,23 @@ def test_pool_info_and_nesting(env, rig):
 def test_state_survives_restart_and_rejects_corruption(env, rig):
     from volsep.frontend import manager as manager_module
     env.create_volume('vm:root', 'p', MiB, revisions_to_keep=4, rw=False)
-    state_dir = env.document.path.rsplit('/', 1)[0]
+    state_dir = env.store.directory
     again = manager_module.Manager(state_dir)
     assert again.volume_info('vm:root') == env.volume_info('vm:root')
-    with open(env.document.path, 'a') as f:
+    document = f'{state_dir}/domains/vm.xml'
+    with open(document) as f:
+        good = f.read()
+    with open(document, 'a') as f:
         f.write('<junk/>')
     with pytest.raises(errors.StorageError):
         manager_module.Manager(state_dir)
-    with open(env.document.path, 'w') as f:
-        f.write('<volsep version="1"><pools/><domains><domain name="x" '
-                'running="maybe"/></domains></volsep>')
+    with open(document, 'w') as f:
+        f.write(good.replace('rw="false"', 'rw="maybe"'))
     with pytest.raises(errors.StorageError, match='invalid'):
+        manager_module.Manager(state_dir)
+    with open(document, 'w') as f:   # another domain's record, misfiled
+        f.write(good.replace('name="vm"', 'name="other"'))
+    with pytest.raises(errors.StorageError, match='describes domain'):
         manager_module.Manager(state_dir)
 
 
