@@ -17,6 +17,7 @@ from tests import service_helpers
 from tests.service_helpers import VENV
 from tests.test_sudo_mode import ROOT_CONF
 from tests.test_sudo_mode import as_user
+from tests.test_sudo_mode import exists
 from tests.test_sudo_mode import prepare
 from tests.test_sudo_mode import sudo_rule  # noqa: F401 - a fixture
 from tests.test_sudo_mode import sudo_service  # noqa: F401 - a fixture
@@ -74,16 +75,19 @@ def test_the_callers_resource_limits_cannot_skip_the_audit(sudo_service):
     log = f'{service.state_dir}/audit.log'
     made = f'{service.state_dir}/pools/default/no-record'
     size = rig.lstat(log)['size']
-    for limit in (size, size + 40):   # nothing fits; a line is torn
-        rc, out, err = as_volsep(f'''
-            resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
-            files, jobs = start()
-            print(call(files, 'volsep.privileged.files.mkdir', {made!r}))
-        ''')
-        assert rc == 0, err
-        if os.path.exists(made):
-            assert made.encode() in rig.read(log), \
-                f'{made} was made as root with no audit record: {out}'
+    # Nothing fits, or a line is torn; soft limit alone, or hard too (the
+    # helper may refuse to start then).
+    for limit in (size, size + 40):
+        for hard in (str(limit), 'resource.RLIM_INFINITY'):
+            rc, out, err = as_volsep(f'''
+                resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {hard}))
+                files, jobs = start()
+                print(call(files, 'volsep.privileged.files.mkdir',
+                           {made!r}))
+            ''')
+            if exists(made):
+                assert made.encode() in rig.read(log), \
+                    f'{made} was made as root with no audit record: {out}'
     verified = service.json('audit', 'verify')
     assert verified['ok'], verified
 
