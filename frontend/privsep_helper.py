@@ -13,6 +13,7 @@ configuration file is fixed. Anything else exits 2 without starting.
 """
 
 import os
+import pwd
 import re
 import stat
 import sys
@@ -54,7 +55,10 @@ def main():
         if caller is None or not caller.isdigit():
             raise Refused('must be run through sudo')
         args = validate(sys.argv[1:], int(caller))
-    except (Refused, OSError) as err:
+        caller_gid = os.environ.get('SUDO_GID', '')
+        if not caller_gid.isdigit():
+            caller_gid = pwd.getpwuid(int(caller)).pw_gid
+    except (Refused, OSError, KeyError) as err:
         print(f'volsep-privsep-helper: refused: {err}', file=sys.stderr)
         return 2
     # The guarded daemon (privileged/guard.py), never oslo.privsep's stock
@@ -71,8 +75,37 @@ def main():
     context = next(ctx for ctx in contexts.ALL if ctx.pypath == args[3])
     cfg.CONF.set_override('thread_pool_size', contexts.THREADS,
                           group=context.cfg_section)
-    guard.connect_and_serve(context, args[5])
+    try:
+        reset_limits()
+        guard.connect_and_serve(context, args[5], peer_uid=int(caller),
+                                peer_gid=int(caller_gid))
+    except (Refused, guard.WrongPeer, OSError) as err:
+        print(f'volsep-privsep-helper: refused: {err}', file=sys.stderr)
+        return 2
     return 0
+
+
+# sudo gives the command the caller's resource limits: a root daemon
+# started under a small RLIMIT_FSIZE could not append to the audit log
+# (after running the call), one under a small RLIMIT_NOFILE or RLIMIT_AS
+# would fail where volsepd's would not. The helper may lack
+# CAP_SYS_RESOURCE (volsepd-sudo.service's bounding set), so it raises
+# each soft limit to its hard limit and refuses a lowered hard limit on
+# the size of the files it writes.
+_RAISED = ('RLIMIT_FSIZE', 'RLIMIT_CPU', 'RLIMIT_AS', 'RLIMIT_DATA',
+           'RLIMIT_NOFILE', 'RLIMIT_NPROC', 'RLIMIT_MEMLOCK')
+
+
+def reset_limits():
+    import resource
+    for name in _RAISED:
+        limit = getattr(resource, name)
+        _, hard = resource.getrlimit(limit)
+        resource.setrlimit(limit, (hard, hard))
+    if resource.getrlimit(resource.RLIMIT_FSIZE)[1] != resource.RLIM_INFINITY:
+        raise Refused('RLIMIT_FSIZE must be unlimited: the root side '
+                      'appends to its audit log')
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
 if __name__ == '__main__':

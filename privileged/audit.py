@@ -64,6 +64,31 @@ def _caller():
     return _caller_cache['value']
 
 
+# Longest line a record may take: the next writer finds the chain's end in
+# the file's last _TAIL_BYTES, so a longer line (a huge argument) would
+# make the log unreadable to every other daemon, for good.
+_MAX_LINE = 16 << 10
+_KEEP = 1024
+
+
+def _dumps(value):
+    return json.dumps(value, sort_keys=True, separators=(',', ':'),
+                      default=repr)
+
+
+def _line(record):
+    line = _dumps(record)
+    if len(line) <= _MAX_LINE:
+        return line
+    for key in ('args', 'kwargs', 'outcome'):
+        text = _dumps(record.get(key))
+        if len(text) > _KEEP:
+            record[key] = {'truncated_chars': len(text),
+                           'sha256': hashlib.sha256(text.encode()).hexdigest(),
+                           'head': text[:_KEEP]}
+    return _dumps(record)
+
+
 def _last_line(fd):
     size = os.fstat(fd).st_size
     if size == 0:
@@ -123,10 +148,20 @@ class AuditLog:
                 seq, prev = self._chain_end(os.fstat(self._fd).st_size)
                 record['seq'] = seq + 1
                 record['prev'] = prev
-                line = json.dumps(record, sort_keys=True,
-                                  separators=(',', ':'), default=repr)
+                line = _line(record)
                 data = (line + '\n').encode()
-                os.write(self._fd, data)
+                size = os.fstat(self._fd).st_size
+                try:
+                    written = os.write(self._fd, data)
+                except OSError:
+                    written = -1
+                if written != len(data):
+                    # A torn line would end the chain for every daemon:
+                    # take back what was written and fail the call.
+                    os.ftruncate(self._fd, size)
+                    raise errors.ConfigurationError(
+                        f'audit log {self._path}: could not append a '
+                        f'record ({written} of {len(data)} bytes)')
                 self._known = (os.fstat(self._fd).st_size, seq + 1,
                                line_hash(line))
             finally:

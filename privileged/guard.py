@@ -18,9 +18,12 @@ constructor, so the fork and the sudo helper's connect are done here, with
 oslo.privsep's channel, logging and daemon classes.
 """
 
+import contextlib
+import ctypes
 import importlib
 import os
 import socket
+import struct
 import sys
 import traceback
 
@@ -120,12 +123,57 @@ def fork_daemon(context):
     return pid
 
 
-def connect_and_serve(context, sock_path):
+class WrongPeer(Exception):
+    pass
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@contextlib.contextmanager
+def _filesystem_ids(uid, gid):
+    """setfsuid/setfsgid to ``uid``/``gid`` for the duration (this
+    thread); the calls report no errors, so each is read back."""
+    if os.geteuid() != 0:   # they are the caller's already
+        yield
+        return
+    groups = os.getgroups()
+    os.setgroups([gid])   # root's own groups must not open the way either
+    _libc.setfsgid(gid)
+    _libc.setfsuid(uid)
+    try:
+        if _libc.setfsuid(uid) != uid or _libc.setfsgid(gid) != gid:
+            raise WrongPeer(f'could not take the filesystem ids {uid}/{gid}')
+        yield
+    finally:
+        _libc.setfsuid(0)
+        _libc.setfsgid(0)
+        os.setgroups(groups)
+
+
+def connect_and_serve(context, sock_path, peer_uid=None, peer_gid=None):
     """The sudo helper's part: connect to the frontend's socket, then serve
-    from a child so that sudo's process can return."""
+    from a child so that sudo's process can return. With ``peer_uid``, the
+    listening end must belong to that uid (SO_PEERCRED): connect() follows
+    symlinks, and whoever can rename things in the socket's directory
+    could otherwise point root at any socket on the host."""
     sock = socket.socket(socket.AF_UNIX)
-    sock.connect(sock_path)
+    if peer_uid is None:
+        sock.connect(sock_path)
+    else:
+        # With the caller's filesystem ids (which also clear the DAC
+        # capabilities for the lookup), root reaches only sockets the
+        # caller could reach itself.
+        with _filesystem_ids(peer_uid, peer_gid):
+            sock.connect(sock_path)
     daemon.set_cloexec(sock)
+    if peer_uid is not None:
+        _, uid, _ = struct.unpack('3i', sock.getsockopt(
+            socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize('3i')))
+        if uid != peer_uid:
+            sock.close()
+            raise WrongPeer(f'{sock_path} is a socket of uid {uid}, not of '
+                            f'uid {peer_uid}')
     if os.fork() != 0:
         return
     try:

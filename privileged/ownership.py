@@ -11,8 +11,12 @@ which nobody can rename or remove what they do not own. Symlinks on the way
 must belong to root or that user too.
 """
 
+import errno
 import os
 import stat
+
+_MAX_SYMLINKS = 40
+_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 class NotPrivate(Exception):
@@ -63,3 +67,61 @@ def check(path, uid):
             return
         current = os.path.dirname(current)
         is_target = False
+
+
+def _parts(path):
+    return [part for part in path.split('/') if part not in ('', '.')]
+
+
+def open_directory(path, uid):
+    """An O_PATH descriptor of the directory ``path`` (absolute), reached
+    one component at a time from '/': each directory is checked as
+    check() would (fstat of the descriptor just opened, so nothing can be
+    swapped between the check and the use) and a symlink is followed only
+    if it belongs to root or ``uid``. check() followed by open() is not
+    enough: a path missing at the check passes it, and a symlink that
+    appears before the open is then followed. Raises NotPrivate, or
+    OSError (FileNotFoundError when a component is missing)."""
+    fd = os.open('/', _DIR_FLAGS)
+    try:
+        parts = _parts(path)
+        where = '/'
+        _check_directory(where, os.fstat(fd), uid, not parts)
+        hops = 0
+        while parts:
+            part = parts.pop(0)
+            if part == '..':
+                child = os.open('..', _DIR_FLAGS, dir_fd=fd)
+                where = os.path.dirname(where)
+            else:
+                try:
+                    child = os.open(part, _DIR_FLAGS | os.O_NOFOLLOW,
+                                    dir_fd=fd)
+                except OSError as err:
+                    if err.errno not in (errno.ENOTDIR, errno.ELOOP):
+                        raise
+                    st = os.stat(part, dir_fd=fd, follow_symlinks=False)
+                    name = os.path.join(where, part)
+                    if not stat.S_ISLNK(st.st_mode):
+                        raise NotPrivate(f'{name} is not a directory')
+                    if not _trusted_owner(st, uid):
+                        raise NotPrivate(f'{name} is a symlink of uid '
+                                         f'{st.st_uid}')
+                    hops += 1
+                    if hops > _MAX_SYMLINKS:
+                        raise NotPrivate(f'{path}: too many symlinks')
+                    target = os.readlink(part, dir_fd=fd)
+                    if target.startswith('/'):
+                        os.close(fd)
+                        fd = os.open('/', _DIR_FLAGS)
+                        where = '/'
+                    parts = _parts(target) + parts
+                    continue
+                where = os.path.join(where, part)
+            os.close(fd)
+            fd = child
+            _check_directory(where, os.fstat(fd), uid, not parts)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise

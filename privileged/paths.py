@@ -103,15 +103,15 @@ def _open_root(root):
     # so the root itself must be where configuration says: if anyone but
     # root (or this daemon's own uid) owned a directory or symlink on its
     # way, they could have swapped it for a symlink to /etc between calls.
-    # Once the chain checks out, only its owners can change it, so the
-    # open below reaches what was checked.
+    # The descriptor is reached component by component, each one checked
+    # as it is opened (ownership.open_directory): checking the path first
+    # and opening it afterwards would follow a symlink made in between (a
+    # root missing from a sticky /var/tmp passes the check).
     try:
-        ownership.check(root, os.geteuid())
+        return ownership.open_directory(root, os.geteuid())
     except ownership.NotPrivate as err:
         raise errors.ConfigurationError(
             f'allowed root {root} is not safe to use: {err}') from None
-    try:
-        return os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as err:
         raise errors.ConfigurationError(
             f'allowed root {root} cannot be opened: {err.strerror}')
