@@ -236,9 +236,9 @@ class VolumeImport(_VolumeShow):
                                  'stdin')
         parser.add_argument(
             '--size', metavar='SIZE',
-            help='bytes to read, or a size with a unit; needed unless PATH (or stdin) is '
-                           'a regular file or block device. Data longer '
-                           'than this is refused, not cut')
+            help='bytes to read (units allowed: 10G); needed unless PATH '
+                 '(or stdin) is a regular file or block device. Data '
+                 'longer than this is refused, not cut')
         parser.add_argument(
             '--format', default='raw', choices=images.FORMATS,
             help='format of the data; anything but raw is inspected and '
