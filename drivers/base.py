@@ -123,9 +123,10 @@ class Pool:
         'revisions_to_keep': Option('default revisions_to_keep of new '
                                     'volumes', default=1,
                                     parse=validation.revisions_to_keep),
-        'max_volume_size': Option('largest volume size in bytes',
-                                  default=validation.MAX_SIZE,
-                                  parse=validation.size),
+        'max_volume_size': Option(
+            'largest volume size (bytes, or with a unit: 10G)',
+            default=validation.MAX_SIZE,
+            parse=lambda v: validation.size_with_units(v, 'max_volume_size')),
     }
     volume_class = Volume
 

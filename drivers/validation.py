@@ -37,6 +37,37 @@ def size(value, limit=MAX_SIZE, what='size'):
     return value
 
 
+_UNITS = {'': 1, 'B': 1,
+          'K': 1 << 10, 'KIB': 1 << 10, 'KB': 10 ** 3,
+          'M': 1 << 20, 'MIB': 1 << 20, 'MB': 10 ** 6,
+          'G': 1 << 30, 'GIB': 1 << 30, 'GB': 10 ** 9,
+          'T': 1 << 40, 'TIB': 1 << 40, 'TB': 10 ** 12}
+# More digits than any size may have, so that size() names the range
+# rather than this pattern calling a long number malformed.
+_WITH_UNIT = re.compile(r'([0-9]{1,40})\s*([A-Za-z]*)')
+
+
+def bytes_from_units(text, what='size'):
+    """A size as people type it: '10G' and '10GiB' are binary, '10GB'
+    decimal, bare digits bytes; no fractions. The range is size()'s to
+    check."""
+    match = _WITH_UNIT.fullmatch(text.strip())
+    unit = match and match[2].upper()
+    if not match or unit not in _UNITS:
+        raise errors.InvalidArgument(
+            f'invalid {what} {text[:40]!r}: use a whole number with an '
+            f'optional unit (K, M, G, T, KiB, MB, ...)')
+    return int(match[1]) * _UNITS[unit]
+
+
+def size_with_units(value, what='size'):
+    """size(), also taking a string with a unit: for values people type,
+    such as pool options."""
+    if type(value) is str:
+        value = bytes_from_units(value, what)
+    return size(value, what=what)
+
+
 def revisions_to_keep(value):
     if type(value) is str and re.fullmatch(r'-?[0-9]{1,6}', value):
         value = int(value)

@@ -28,8 +28,11 @@ class Client:
         try:
             self.sock.connect(self.path)
         except OSError as err:
-            raise RemoteError('StorageError', f'cannot reach volsepd at '
-                              f'{self.path}: {err.strerror}') from None
+            raise RemoteError(
+                'StorageError', f'cannot reach volsepd at {self.path}: '
+                f'{err.strerror}; start it (as root: systemctl start '
+                f'volsepd, or volsepd --state-dir DIR) or name its socket '
+                f'with --socket PATH or $VOLSEP_SOCKET') from None
         # Buffered: an unbuffered readline() costs one recv per byte.
         self.stream = self.sock.makefile('rb')
         self._next_id = 0

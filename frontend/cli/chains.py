@@ -15,7 +15,8 @@ class ChainValidate(base.Lister):
 
     def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
-        parser.add_argument('volume', metavar='DOMAIN:VOLUME')
+        parser.add_argument('volume', metavar='DOMAIN:VOLUME',
+                            help='the volume whose chain to check')
         return parser
 
     def take_action(self, args):
@@ -25,12 +26,15 @@ class ChainValidate(base.Lister):
 
 
 class ChainCorrect(base.Lister):
-    """Rebuild a volume's chain record from its images, refusing anything
-    that cannot be trusted."""
+    """Rebuild a volume's chain record from its images.
+
+    Anything that cannot be trusted is refused and the record left as it
+    was."""
 
     def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
-        parser.add_argument('volume', metavar='DOMAIN:VOLUME')
+        parser.add_argument('volume', metavar='DOMAIN:VOLUME',
+                            help='the volume whose chain record to rebuild')
         return parser
 
     def take_action(self, args):
@@ -45,7 +49,8 @@ class _Merge(base.Lister):
 
     def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
-        parser.add_argument('volume', metavar='DOMAIN:VOLUME')
+        parser.add_argument('volume', metavar='DOMAIN:VOLUME',
+                            help='a stopped volume of a qcow2 pool')
         parser.add_argument('--top', type=int, required=True,
                             help='chain index of the top layer (0 = top)')
         parser.add_argument('--base', type=int, required=True,
@@ -64,31 +69,39 @@ class ChainCommit(_Merge):
 
 
 class ChainPull(_Merge):
-    """Offline block-pull: copy layers TOP+1..BASE-1 into TOP, which is
-    then backed by BASE (BASE = chain length: by nothing)."""
+    """Offline block-pull: copy layers TOP+1..BASE-1 into TOP.
+
+    TOP is then backed by BASE (BASE = chain length: by nothing)."""
     method = 'admin.vm.volume.ChainPull'
 
 
-class _Xml(base.Command):
-    def _print(self, xml):
-        sys.stdout.write(xml)
-        return 0
+class _Xml(base.ShowOne):
+    """Prints the XML itself unless -f is given; with -f json it is
+    {"xml": "..."}."""
+
+    def produce_output(self, parsed_args, column_names, data):
+        if not parsed_args.formatter_given:
+            sys.stdout.write(dict(zip(column_names, data))['xml'])
+            return 0
+        return super().produce_output(parsed_args, column_names, data)
 
 
 class DomainDiskXml(_Xml):
-    """Print a domain's disks as libvirt <disk> XML with their whole
-    <backingStore> chains."""
+    """Print a domain's disks as libvirt <disk> XML.
+
+    Each has its whole chain as nested <backingStore> elements."""
 
     def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
-        parser.add_argument('domain')
+        parser.add_argument('domain', metavar='DOMAIN',
+                            help='domain whose volumes to describe')
         parser.add_argument('--full', action='store_true',
                             help='wrap the disks in a minimal domain')
         return parser
 
     def take_action(self, args):
-        return self._print(self.client().call(
-            'admin.vm.DiskXML', domain=args.domain, full=args.full)['xml'])
+        return self.fields({'xml': self.client().call(
+            'admin.vm.DiskXML', domain=args.domain, full=args.full)['xml']})
 
 
 class VolumeXml(_Xml):
@@ -96,12 +109,13 @@ class VolumeXml(_Xml):
 
     def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
-        parser.add_argument('volume', metavar='DOMAIN:VOLUME')
+        parser.add_argument('volume', metavar='DOMAIN:VOLUME',
+                            help='the volume to describe')
         return parser
 
     def take_action(self, args):
-        return self._print(self.client().call(
-            'admin.vm.volume.XML', volume=args.volume)['xml'])
+        return self.fields({'xml': self.client().call(
+            'admin.vm.volume.XML', volume=args.volume)['xml']})
 
 
 class PoolXml(_Xml):
@@ -109,9 +123,10 @@ class PoolXml(_Xml):
 
     def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
-        parser.add_argument('pool')
+        parser.add_argument('pool', metavar='POOL',
+                            help='the pool to describe')
         return parser
 
     def take_action(self, args):
-        return self._print(self.client().call(
-            'admin.pool.XML', pool=args.pool)['xml'])
+        return self.fields({'xml': self.client().call(
+            'admin.pool.XML', pool=args.pool)['xml']})

@@ -8,7 +8,8 @@ class DomainStart(base.Lister):
 
     def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
-        parser.add_argument('domain')
+        parser.add_argument('domain', metavar='DOMAIN',
+                            help='the domain whose volumes to start')
         return parser
 
     def take_action(self, args):
@@ -21,7 +22,8 @@ class DomainStop(base.ShowOne):
 
     def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
-        parser.add_argument('domain')
+        parser.add_argument('domain', metavar='DOMAIN',
+                            help='the domain whose volumes to stop')
         return parser
 
     def take_action(self, args):

@@ -1,5 +1,7 @@
 """volsep pool ..."""
 
+from cliff import columns
+
 from volsep.frontend.cli import app
 from volsep.frontend.cli import base
 
@@ -9,15 +11,17 @@ def parse_options(pairs):
     for pair in pairs or ():
         key, sep, value = pair.partition('=')
         if not sep or not key:
-            raise app.OperationError('InvalidArgument',
-                                     f'option {pair!r} is not key=value')
+            raise app.UsageError(f'option {pair!r} is not KEY=VALUE')
         options.append([key, value])
     return options
 
 
 def _add_options(parser):
     parser.add_argument('-o', '--option', action='append', dest='options',
-                        metavar='KEY=VALUE', help='driver option')
+                        metavar='KEY=VALUE',
+                        help='a driver option (repeatable); sizes take '
+                             'units (max_volume_size=10G); '
+                             "'volsep pool drivers' lists each driver's")
 
 
 class PoolList(base.Lister):
@@ -28,20 +32,32 @@ class PoolList(base.Lister):
                          ('name', 'driver'))
 
 
+class _DriverOptions(columns.FormattableColumn):
+    """A driver's options: {name: description} for programs, one
+    `name: description` line each for people."""
+
+    def human_readable(self):
+        return '\n'.join(f'{name}: {text}'
+                         for name, text in sorted(self._value.items()))
+
+
 class PoolDrivers(base.Lister):
     """List pool drivers and their options."""
 
     def take_action(self, args):
         drivers = self.client().call('admin.pool.ListDrivers')
-        return self.rows(drivers, ('driver', 'options'))
+        return ('driver', 'options'), [
+            (d['driver'], _DriverOptions(d['options'])) for d in drivers]
 
 
 class PoolInfo(base.ShowOne):
     """Show a pool: size, usage, options."""
 
+    shows_sizes = True
+
     def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
-        parser.add_argument('name')
+        parser.add_argument('name', metavar='POOL', help='the pool to show')
         return parser
 
     def take_action(self, args):
@@ -54,15 +70,19 @@ class PoolAdd(base.ShowOne):
 
     def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
-        parser.add_argument('name')
-        parser.add_argument('driver')
+        parser.add_argument('name', metavar='POOL',
+                            help='name of the new pool')
+        parser.add_argument('driver', metavar='DRIVER',
+                            help="its driver ('volsep pool drivers' "
+                                 "lists them)")
         _add_options(parser)
         return parser
 
     def take_action(self, args):
+        options = parse_options(args.options)
         return self.fields(self.client().call(
             'admin.pool.Add', pool=args.name, driver=args.driver,
-            options=parse_options(args.options)))
+            options=options))
 
 
 class PoolSet(base.ShowOne):
@@ -70,14 +90,14 @@ class PoolSet(base.ShowOne):
 
     def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
-        parser.add_argument('name')
+        parser.add_argument('name', metavar='POOL', help='the pool to change')
         _add_options(parser)
         return parser
 
     def take_action(self, args):
+        options = parse_options(args.options)
         return self.fields(self.client().call(
-            'admin.pool.Set', pool=args.name,
-            options=parse_options(args.options)))
+            'admin.pool.Set', pool=args.name, options=options))
 
 
 class PoolRemove(base.ShowOne):
@@ -85,7 +105,7 @@ class PoolRemove(base.ShowOne):
 
     def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
-        parser.add_argument('name')
+        parser.add_argument('name', metavar='POOL', help='the pool to remove')
         return parser
 
     def take_action(self, args):
@@ -94,12 +114,16 @@ class PoolRemove(base.ShowOne):
 
 
 class PoolOrphans(base.Lister):
-    """List what lies in a directory pool that no volume owns; with
-    --remove [PATH ...], delete it (all of it, or the PATHs named)."""
+    """List what lies in a directory pool that no volume owns.
+
+    With --remove [PATH ...], delete it (all of it, or the PATHs
+    named)."""
+
+    shows_sizes = True
 
     def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
-        parser.add_argument('name', help='pool to scan')
+        parser.add_argument('name', metavar='POOL', help='pool to scan')
         parser.add_argument('--remove', nargs='*', metavar='PATH',
                             help='delete the orphans listed: all of them, '
                                  'or only the PATHs named (relative to the '
@@ -118,12 +142,14 @@ class PoolOrphans(base.Lister):
 
 
 class PoolAdopt(base.ShowOne):
-    """Record an orphan volume directory DOMAIN/VOLUME of a pool as the
-    persistent volume DOMAIN:VOLUME."""
+    """Record an orphan volume directory as a persistent volume.
+
+    The directory DOMAIN/VOLUME of the pool becomes DOMAIN:VOLUME."""
 
     def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
-        parser.add_argument('name', help='pool holding the directory')
+        parser.add_argument('name', metavar='POOL',
+                            help='pool holding the directory')
         parser.add_argument('volume', metavar='DOMAIN:VOLUME',
                             help='the orphan directory DOMAIN/VOLUME, '
                                  'addressed as a volume')

@@ -1,23 +1,40 @@
-"""Sizes with units on the command line; the API takes bytes."""
+"""Sizes on the command line: typed with units, shown in bytes or, on
+request (--human), as people read them."""
 
-import re
-
+from volsep.drivers import errors
+from volsep.drivers import validation
 from volsep.frontend.cli import app
 
-_UNITS = {'': 1, 'B': 1,
-          'K': 1 << 10, 'KIB': 1 << 10, 'KB': 10 ** 3,
-          'M': 1 << 20, 'MIB': 1 << 20, 'MB': 10 ** 6,
-          'G': 1 << 30, 'GIB': 1 << 30, 'GB': 10 ** 9,
-          'T': 1 << 40, 'TIB': 1 << 40, 'TB': 10 ** 12}
-_SIZE = re.compile(r'([0-9]{1,19})\s*([A-Za-z]*)')
+# Output columns that hold a size in bytes.
+SIZE_COLUMNS = frozenset({'size', 'usage', 'max_volume_size'})
+_BINARY = ('B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB')
 
 
 def parse_size(text):
-    """'10G' and '10GiB' are binary, '10GB' decimal; no fractions."""
-    match = _SIZE.fullmatch(text.strip())
-    unit = match and match[2].upper()
-    if not match or unit not in _UNITS:
-        raise app.OperationError(
-            'InvalidArgument', f'invalid size {text[:40]!r}: use a whole '
-            f'number with an optional unit (K, M, G, T, KiB, MB, ...)')
-    return int(match[1]) * _UNITS[unit]
+    """'10G' and '10GiB' are binary, '10GB' decimal; no fractions. A
+    malformed size is a usage error; its range is volsepd's to check."""
+    try:
+        return validation.bytes_from_units(text)
+    except errors.InvalidArgument as err:
+        raise app.UsageError(str(err)) from None
+
+
+def readable(value):
+    """Bytes as '1.5 GiB' (one decimal, dropped when it is 0); anything
+    that is not a number of bytes is left as it is."""
+    if type(value) is str and value.isdigit():
+        value = int(value)
+    if type(value) is not int:
+        return value
+    amount, unit = float(value), _BINARY[0]
+    for unit in _BINARY:
+        if amount < 1024 or unit == _BINARY[-1]:
+            break
+        amount /= 1024
+    text = f'{amount:.1f}'.removesuffix('.0')
+    return f'{text} {unit}'
+
+
+def readable_row(columns, row):
+    return tuple(readable(value) if column in SIZE_COLUMNS else value
+                 for column, value in zip(columns, row))

@@ -17,8 +17,25 @@ LIST_COLUMNS = ('domain', 'name', 'pool', 'vid', 'kind', 'size')
 ZERO_CHUNK = bytes(1 << 20)
 
 
-def _address(parser):
-    parser.add_argument('volume', metavar='DOMAIN:VOLUME')
+def _address(parser, help='the volume'):
+    parser.add_argument('volume', metavar='DOMAIN:VOLUME', help=help)
+
+
+class _VolumeShow(base.ShowOne):
+    """Shows a volume as volume info does, with its vid as the volume is
+    addressed on the command line (DOMAIN:VOLUME)."""
+
+    shows_sizes = True
+
+    @staticmethod
+    def fields(record):
+        return base.ShowOne.fields(_as_addressed(record))
+
+
+def _as_addressed(record):
+    if 'vid' not in record:
+        return record
+    return dict(record, vid=f"{record['domain']}:{record['name']}")
 
 
 def _check_not_empty(size):
@@ -44,31 +61,48 @@ def _source_size(f, name):
 class VolumeList(base.Lister):
     """List volumes, optionally of one pool or some domains."""
 
+    shows_sizes = True
+
     def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
-        parser.add_argument('--pool')
-        parser.add_argument('domains', nargs='*', metavar='DOMAIN')
+        parser.add_argument('--pool', metavar='POOL',
+                            help="only this pool's volumes")
+        parser.add_argument('domains', nargs='*', metavar='DOMAIN',
+                            help="only these domains' volumes (default: "
+                                 "every domain's)")
         return parser
 
     def take_action(self, args):
         volumes = self.client().call('admin.vm.volume.List', pool=args.pool,
                                      domains=args.domains)
-        return self.rows(volumes, LIST_COLUMNS)
+        return self.rows(map(_as_addressed, volumes), LIST_COLUMNS)
 
 
-class VolumeCreate(base.ShowOne):
+class VolumeCreate(_VolumeShow):
     """Create a volume (and its domain, if new)."""
 
     def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
-        _address(parser)
-        parser.add_argument('--pool', required=True)
-        parser.add_argument('--size', help='required unless --kind snapshot')
+        _address(parser, 'the new volume')
+        parser.add_argument('--pool', required=True, metavar='POOL',
+                            help='the pool to create it in')
+        parser.add_argument('--size', metavar='SIZE',
+                            help='its size, in bytes or with a unit (10G, '
+                                 '512MiB); required unless --kind snapshot')
         parser.add_argument('--kind', default='persistent',
-                            choices=('persistent', 'volatile', 'snapshot'))
-        parser.add_argument('--source', metavar='DOMAIN:VOLUME')
-        parser.add_argument('--revisions-to-keep', type=int)
-        parser.add_argument('--read-only', action='store_true')
+                            choices=('persistent', 'volatile', 'snapshot'),
+                            help='persistent (committed on stop, with '
+                                 'revisions), volatile (emptied on every '
+                                 'start) or snapshot (a fresh copy of '
+                                 '--source on every start); default: '
+                                 'persistent')
+        parser.add_argument('--source', metavar='DOMAIN:VOLUME',
+                            help='the volume a snapshot copies')
+        parser.add_argument('--revisions-to-keep', type=int, metavar='N',
+                            help="revisions kept on commit (default: the "
+                                 "pool's revisions_to_keep)")
+        parser.add_argument('--read-only', action='store_true',
+                            help='attach it read-only (rw false)')
         parser.add_argument('--format', choices=('raw', 'qcow2'),
                             help="the committed image's format (default: "
                                  "the pool's native one)")
@@ -77,45 +111,59 @@ class VolumeCreate(base.ShowOne):
     def take_action(self, args):
         _check_not_empty(args.size)
         if args.size is None and args.kind != 'snapshot':
-            raise app.OperationError('InvalidArgument',
-                                     f'--size is required for a {args.kind} '
-                                     f'volume')
+            raise app.UsageError(f'--size is required for a {args.kind} '
+                                 f'volume')
+        size = units.parse_size(args.size or '0')
         info = self.client().call(
             'admin.vm.volume.Create', volume=args.volume, pool=args.pool,
-            size=units.parse_size(args.size or '0'), kind=args.kind,
+            size=size, kind=args.kind,
             source=args.source, revisions_to_keep=args.revisions_to_keep,
             rw=not args.read_only, format=args.format)
         return self.fields(info)
 
 
-class VolumeInfo(base.ShowOne):
-    """Show a volume, or one of its properties."""
+class VolumeInfo(_VolumeShow):
+    """Show a volume, or the value of one of its properties.
+
+    With PROPERTY and no -f, only the value is printed."""
 
     def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
         _address(parser)
-        parser.add_argument('property', nargs='?')
+        parser.add_argument('property', nargs='?', metavar='PROPERTY',
+                            help='one field of the volume (size, path, '
+                                 'rw, ...): print only its value')
         return parser
 
+    def default_formatter(self, parsed_args):
+        # `volume info VOL size` is for scripts, as qvm-volume's is.
+        if parsed_args.property is not None:
+            return 'value'
+        return super().default_formatter(parsed_args)
+
     def take_action(self, args):
-        info = self.client().call('admin.vm.volume.Info', volume=args.volume)
+        info = _as_addressed(self.client().call('admin.vm.volume.Info',
+                                                volume=args.volume))
         if args.property is None:
             return self.fields(info)
         if args.property not in info:
-            raise app.OperationError(
-                'InvalidArgument', f'no property {args.property!r}; '
-                f'properties: {", ".join(info)}')
+            raise app.UsageError(f'no property {args.property!r}; '
+                                 f'properties: {", ".join(info)}')
         return (args.property,), (info[args.property],)
 
 
-class VolumeSet(base.ShowOne):
+class VolumeSet(_VolumeShow):
     """Set rw or revisions_to_keep."""
 
     def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
         _address(parser)
-        parser.add_argument('property', choices=('rw', 'revisions_to_keep'))
-        parser.add_argument('value')
+        parser.add_argument('property', choices=('rw', 'revisions_to_keep'),
+                            metavar='rw|revisions_to_keep',
+                            help='the property to set')
+        parser.add_argument('value', metavar='VALUE',
+                            help='yes/no (or true/false) for rw; an integer '
+                                 '>= -1 for revisions_to_keep')
         return parser
 
     def take_action(self, args):
@@ -124,24 +172,30 @@ class VolumeSet(base.ShowOne):
             value=args.value))
 
 
-class VolumeResize(base.ShowOne):
+class VolumeResize(_VolumeShow):
     """Resize a volume; shrinking needs --force."""
 
     def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
         _address(parser)
-        parser.add_argument('size')
-        parser.add_argument('--force', action='store_true')
+        parser.add_argument('size', metavar='SIZE',
+                            help='the new size, in bytes or with a unit')
+        parser.add_argument('--force', action='store_true',
+                            help='allow shrinking (the data beyond SIZE '
+                                 'is lost)')
         return parser
 
     def take_action(self, args):
+        size = units.parse_size(args.size)
         return self.fields(self.client().call(
-            'admin.vm.volume.Resize', volume=args.volume,
-            size=units.parse_size(args.size), force=args.force))
+            'admin.vm.volume.Resize', volume=args.volume, size=size,
+            force=args.force))
 
 
 class VolumeRevisions(base.Lister):
     """List revisions, oldest first."""
+
+    shows_sizes = True
 
     def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
@@ -154,13 +208,15 @@ class VolumeRevisions(base.Lister):
         return self.rows(revisions, ('id', 'timestamp', 'size'))
 
 
-class VolumeRevert(base.ShowOne):
+class VolumeRevert(_VolumeShow):
     """Revert to a revision (default: the latest)."""
 
     def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
         _address(parser)
-        parser.add_argument('revision', nargs='?')
+        parser.add_argument('revision', nargs='?', metavar='REVISION',
+                            help="a revision id from 'volume revisions' "
+                                 "(default: the latest)")
         return parser
 
     def take_action(self, args):
@@ -169,17 +225,20 @@ class VolumeRevert(base.ShowOne):
             revision=args.revision))
 
 
-class VolumeImport(base.ShowOne):
+class VolumeImport(_VolumeShow):
     """Replace a stopped volume's content with a file or stdin."""
 
     def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
         _address(parser)
-        parser.add_argument('path', metavar='PATH|-')
+        parser.add_argument('path', metavar='PATH|-',
+                            help='file or block device to read, or - for '
+                                 'stdin')
         parser.add_argument(
-            '--size', help='bytes to read; needed unless PATH (or stdin) is '
-                           'a regular file or block device. Data longer '
-                           'than this is refused, not cut')
+            '--size', metavar='SIZE',
+            help='bytes to read (units allowed: 10G); needed unless PATH '
+                 '(or stdin) is a regular file or block device. Data '
+                 'longer than this is refused, not cut')
         parser.add_argument(
             '--format', default='raw', choices=images.FORMATS,
             help='format of the data; anything but raw is inspected and '
@@ -268,6 +327,8 @@ class VolumeExport(base.ShowOne):
     complete, so a failed or interrupted export leaves the target as it
     was; an existing file is replaced only with --force."""
 
+    shows_sizes = True
+
     def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
         _address(parser)
@@ -275,7 +336,9 @@ class VolumeExport(base.ShowOne):
                             help='file to write, or - for stdout (which '
                                  'then carries the image and nothing else)')
         parser.add_argument('--format', default='raw',
-                            choices=('raw', 'qcow2'))
+                            choices=('raw', 'qcow2'),
+                            help='format to write (default: raw, sparse '
+                                 'in a file)')
         parser.add_argument('--force', action='store_true',
                             help='replace PATH if it exists (atomically, '
                                  'once the export is complete)')
@@ -400,13 +463,16 @@ class VolumeExport(base.ShowOne):
         os.unlink(temp)
 
 
-class VolumeClone(base.ShowOne):
+class VolumeClone(_VolumeShow):
     """Make a volume a copy of another (instant within a reflink pool)."""
 
     def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
-        parser.add_argument('source', metavar='SRC_DOMAIN:VOLUME')
-        parser.add_argument('target', metavar='DST_DOMAIN:VOLUME')
+        parser.add_argument('source', metavar='SRC_DOMAIN:VOLUME',
+                            help='the volume to copy')
+        parser.add_argument('target', metavar='DST_DOMAIN:VOLUME',
+                            help='the existing, stopped volume that '
+                                 'becomes the copy')
         return parser
 
     def take_action(self, args):
@@ -417,7 +483,7 @@ class VolumeClone(base.ShowOne):
                                        volume=args.target, token=token))
 
 
-class VolumeClear(base.ShowOne):
+class VolumeClear(_VolumeShow):
     """Replace a volume's content with zeros (previous kept as revision)."""
 
     def get_parser(self, prog_name):
