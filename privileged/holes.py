@@ -48,10 +48,10 @@ def _pwrite_all(fd, view, offset):
 
 
 def write(fd, offset, data):
-    """Put ``data`` at ``offset`` in the open file ``fd``, which must
+    """Put ``data`` (bytes) at ``offset`` in the open file ``fd``, which must
     already extend past it (the caller checks): zero runs become holes."""
     view = memoryview(data)
-    for start, end, zero in zeros.runs(view):
+    for start, end, zero in zeros.runs(data):
         where = offset + start
         if zero:
             if not _holds_data(fd, where, offset + end):

@@ -231,7 +231,7 @@ class _SparseSink:
 
     def write(self, data):
         view = memoryview(data)
-        for start, end, zero in zeros.runs(view):
+        for start, end, zero in zeros.runs(data):
             if zero:
                 self.f.seek(end - start, os.SEEK_CUR)
             else:
