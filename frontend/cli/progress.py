@@ -64,8 +64,7 @@ class Transfer:
         """The stream's size is known: show the bar."""
         if self.enabled:
             self._bar = _BinaryBar(total=total, desc=self.description,
-                                   unit='B', bar_format=_BAR_FORMAT,
-                                   file=sys.stderr)
+                                   bar_format=_BAR_FORMAT, file=sys.stderr)
 
     def advance(self, count):
         if self._bar is not None:
