@@ -30,13 +30,16 @@ def _service_with_volume(name, others):
         service.populate(state_dir, others)
     proc, _ = service.start(state_dir)
     c = _client(state_dir)
-    c.call('admin.vm.volume.Create', {'volume': 'vm:root', 'pool': 'default',
-                                      'size': 256 * MiB,
-                                      'revisions_to_keep': 1})
-    path = c.call('admin.vm.Start', {'domain': 'vm'})[0]['path']
-    with open(path, 'r+b') as f:
-        f.write(os.urandom(256 * MiB))
-    c.call('admin.vm.Stop', {'domain': 'vm'})
+    try:
+        c.call('admin.vm.volume.Create', volume='vm:root', pool='default',
+               size=256 * MiB, revisions_to_keep=1)
+        path = c.call('admin.vm.Start', domain='vm')[0]['path']
+        with open(path, 'r+b') as f:
+            f.write(os.urandom(256 * MiB))
+        c.call('admin.vm.Stop', domain='vm')
+    except BaseException:
+        service.stop(proc)
+        raise
     return proc, c
 
 
@@ -51,8 +54,8 @@ def api_cycle(repeat=100):
 
     def cycle(c):
         def run():
-            c.call('admin.vm.Start', {'domain': 'vm'})
-            c.call('admin.vm.Stop', {'domain': 'vm'})
+            c.call('admin.vm.Start', domain='vm')
+            c.call('admin.vm.Stop', domain='vm')
         return run
     try:
         baseline, alone, crowded = timing.interleaved_medians(
@@ -83,7 +86,7 @@ def _start_all(state_dir, domains, workers):
         def worker(c, mine):
             barrier.wait()
             for domain in mine:
-                c.call(method, {'domain': domain})
+                c.call(method, domain=domain)
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
             futures = [pool.submit(worker, c, mine)
                        for c, mine in zip(clients, spread)]
@@ -110,9 +113,8 @@ def concurrent_starts(domains=100, volumes=3, rounds=3):
         c = _client(state_dir)
         for name in names:
             for v in range(volumes):
-                c.call('admin.vm.volume.Create', {
-                    'volume': f'{name}:disk{v}', 'pool': 'default',
-                    'size': 64 * MiB, 'revisions_to_keep': 1})
+                c.call('admin.vm.volume.Create', volume=f'{name}:disk{v}',
+                       pool='default', size=64 * MiB, revisions_to_keep=1)
         c.close()
         serial, parallel = [], []
         for _ in range(rounds):   # interleaved against load drift

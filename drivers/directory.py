@@ -356,6 +356,13 @@ class DirectoryVolume(base.Volume):
 
     # -- state -------------------------------------------------------------
 
+    def lacks_working_copy(self, listing):
+        """Whether a running volume has lost what it attaches: only a stop
+        removes it (see Manager.reconcile)."""
+        in_place = (self.config.kind == 'persistent' and
+                    self.config.revisions_to_keep == -1)
+        return listing.working is None and not in_place
+
     def needs_attention(self, listing, running):
         """Whether reconciliation has work here (see tidy and stop)."""
         keep = max(self.config.revisions_to_keep, 0)

@@ -258,6 +258,13 @@ class Qcow2Volume(directory.DirectoryVolume):
         self._prune()
         return self.listing()
 
+    def lacks_working_copy(self, listing):
+        """Whether a running volume has lost its overlay: only a stop
+        removes it (see Manager.reconcile)."""
+        in_place = (self.config.kind == 'persistent' and
+                    self.config.revisions_to_keep == -1)
+        return listing.overlay is None and not in_place
+
     def needs_attention(self, listing, running):
         recorded = {generation(p) for p, _ in self.config.chain}
         keep = max(self.config.revisions_to_keep, 0)

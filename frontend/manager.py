@@ -206,6 +206,9 @@ class Manager:
                                 'volume removal', name, action, path)
         scans = {name: pool.listings() for name, pool in self.pools.items()}
         for name, domain in list(self.domains.items()):
+            if domain.running and self._stop_was_cut_short(domain, scans):
+                domain.running = False
+                self._interrupted_stops.append(name)
             tidied = False
             for config in domain.volumes.values():
                 volume = self._volume(config)
@@ -227,6 +230,15 @@ class Manager:
                         name)
             self.store.mark_stopped(name)
         self._interrupted_stops = []
+
+    def _stop_was_cut_short(self, domain, scans):
+        """A running domain with a volume whose working copy is gone: only
+        a stop removes one, so a stop was under way when the service died
+        (its 'stopping' mark may not have reached the disk: marks are not
+        flushed, see state.py)."""
+        return any(self._volume(c).lacks_working_copy(
+            self._volume(c).listing(scans[c.pool]))
+            for c in domain.volumes.values())
 
     # -- lookups -----------------------------------------------------------
 

@@ -339,32 +339,35 @@ class StateStore:
 
     # -- running marks --------------------------------------------------------
 
+    # Marks are not flushed: a killed service leaves them in the page
+    # cache, which is what start-up reads. Only a host crash can lose one,
+    # and it loses the guest with it: a lost 'running' makes start-up stop
+    # the domain (commit or discard, as a stop after the crash would), and a
+    # lost 'stopping' is recognised from the disk itself, as a running
+    # domain with a working copy gone (Manager.reconcile). So starting and
+    # stopping cost no flush beyond the volumes' own.
+
     def mark_running(self, name):
-        path = self._running_path(name)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC |
-                     os.O_CLOEXEC, 0o600)
+        fd = os.open(self._running_path(name), os.O_WRONLY | os.O_CREAT |
+                     os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             os.write(fd, f'{RUNNING}\n'.encode())
-            os.fdatasync(fd)
         finally:
             os.close(fd)
-        _fsync_directory(self.running_dir)
 
     def mark_stopping(self, name):
-        """Before a stop touches a volume: a crash from here on leaves a
+        """Before a stop touches a volume: a kill from here on leaves a
         stop that start-up finishes, never a domain recorded as running
         whose working copies are partly gone."""
         fd = os.open(self._running_path(name), os.O_WRONLY | os.O_CLOEXEC)
         try:
             os.pwrite(fd, f'{STOPPING}\n'.encode(), 0)
-            os.fdatasync(fd)
         finally:
             os.close(fd)
 
     def mark_stopped(self, name):
-        # Not made durable at once: if a crash brings the mark back, it
-        # says 'stopping', and start-up stops the domain again, which
-        # changes nothing.
+        # If a crash brings the mark back, it says 'stopping', and start-up
+        # stops the domain again, which changes nothing.
         try:
             os.unlink(self._running_path(name))
         except FileNotFoundError:

@@ -120,3 +120,41 @@ def test_the_single_document_layout_is_converted(tmp_path, rig):
     assert again.volume_info('web:root') == info
     again.reconcile()
     again.stop_domain('web')
+
+
+def test_a_stop_whose_mark_was_lost_is_recognised_from_the_disk(tmp_path,
+                                                                rig):
+    """Marks are not flushed: after a host crash the 'stopping' mark may
+    be lost while a volume's stop reached the disk. A running domain with
+    a working copy gone is then taken as a stop cut short, and finished."""
+    from volsep.frontend import manager as manager_module
+    mgr = _manager(tmp_path, rig)
+    mgr.create_volume('vm:root', 'p', MiB)
+    mgr.create_volume('vm:tmp', 'p', MiB, kind='volatile')
+    started = {d['volume']: d['path'] for d in mgr.start_domain('vm')}
+    h.vm_write(rig, started['root'], 0, b'kept')
+    mgr._stop_one(mgr._config('vm:tmp'))   # no 'stopping' mark written
+    with open(f'{mgr.store.directory}/running/vm') as f:
+        assert f.read() == 'running\n'
+
+    restarted = manager_module.Manager(mgr.store.directory)
+    restarted.reconcile()
+    assert restarted.domains['vm'].running is False
+    assert not os.path.exists(f'{mgr.store.directory}/running/vm')
+    assert rig.read(restarted.volume_info('vm:root')['path'], 0, 4) == \
+        b'kept'
+
+
+def test_a_running_domain_with_every_working_copy_stays_running(tmp_path,
+                                                                rig):
+    from volsep.frontend import manager as manager_module
+    mgr = _manager(tmp_path, rig)
+    mgr.create_volume('vm:root', 'p', MiB)
+    mgr.create_volume('vm:tmp', 'p', MiB, kind='volatile')
+    mgr.create_volume('vm:inplace', 'p', MiB, revisions_to_keep=-1)
+    mgr.start_domain('vm')
+    restarted = manager_module.Manager(mgr.store.directory)
+    restarted.reconcile()
+    assert restarted.domains['vm'].running is True
+    assert all(restarted.volume_info(f'vm:{v}')['path']
+               for v in ('root', 'tmp', 'inplace'))
