@@ -22,10 +22,11 @@ def mount():
     return privileged_calls.ROOT.rsplit('/', 1)[0]
 
 
-def start(state_dir):
+def start(state_dir, extra_args=()):
     started = time.perf_counter()
     proc = subprocess.Popen([f'{VENV}/volsepd', '--state-dir', state_dir,
-                             '--user', 'volsep'], stdout=subprocess.DEVNULL,
+                             '--user', 'volsep', *extra_args],
+                            stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     sock_path = f'{state_dir}/volsepd.sock'
     while True:
