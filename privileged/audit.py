@@ -42,17 +42,23 @@ def _summarise(value):
 
 
 _CALLER_TTL = 1.0
-_caller_cache = {'at': float('-inf'), 'value': None}
+_caller_cache = {'at': float('-inf'), 'value': None, 'pid': None}
+
+
+def set_caller(pid):
+    """The frontend's pid, for a daemon that is not its child (sudo)."""
+    _caller_cache.update(pid=pid, at=float('-inf'))
 
 
 def _caller():
-    # The caller is the daemon's parent (the frontend). Its uid changes at
-    # most once (the drop from root, before the first real call), so reading
-    # /proc once a second keeps the record right at a fraction of the cost.
+    # The caller is the frontend: the daemon's parent unless set_caller
+    # named it. Its uid changes at most once (the drop from root, before
+    # the first real call), so reading /proc once a second keeps the
+    # record right at a fraction of the cost.
     now = time.monotonic()
     if now - _caller_cache['at'] < _CALLER_TTL:
         return _caller_cache['value']
-    ppid = os.getppid()
+    ppid = _caller_cache['pid'] or os.getppid()
     uid = None
     try:
         with open(f'/proc/{ppid}/status', 'rb') as f:
@@ -91,14 +97,26 @@ def _line(record):
     return _dumps(record)
 
 
-def _last_line(fd):
-    size = os.fstat(fd).st_size
+def _tail(fd, size):
+    """(last complete line or None, torn fragment after it or None).
+
+    Every record ends with a newline, so text after the last one is a
+    record whose write was cut short: a root daemon killed in write()
+    (the kernel stops between pages for a fatal signal) or a host crash.
+    """
     if size == 0:
-        return None
+        return None, None
     start = max(0, size - _TAIL_BYTES)
     tail = os.pread(fd, size - start, start).decode(errors='replace')
-    lines = tail.rstrip('\n').split('\n')
-    return lines[-1]
+    complete, _, fragment = tail.rpartition('\n')
+    last = complete.rsplit('\n', 1)[-1] if complete else None
+    return last, fragment or None
+
+
+def torn_marker(fragment):
+    """What a record that follows a torn fragment says about it."""
+    return {'bytes': len(fragment.encode()),
+            'sha256': hashlib.sha256(fragment.encode()).hexdigest()}
 
 
 class AuditLog:
@@ -147,27 +165,41 @@ class AuditLog:
                         f'audit log {self._path} is unusable: {err}')
 
     def _chain_end(self, size):
+        """(seq, hash) of the last record, and the torn fragment after it
+        (None if there is none)."""
         if self._known is not None and self._known[0] == size:
-            return self._known[1], self._known[2]
-        last = _last_line(self._rfd)
+            return self._known[1], self._known[2], None
+        last, fragment = _tail(self._rfd, size)
         if not last:
-            return 0, GENESIS
-        try:
-            return json.loads(last)['seq'], line_hash(last)
-        except (ValueError, KeyError, TypeError) as err:
-            raise errors.ConfigurationError(
-                f'audit log {self._path}: its last line is unusable: {err}')
+            seq, prev = 0, GENESIS
+        else:
+            try:
+                seq, prev = json.loads(last)['seq'], line_hash(last)
+            except (ValueError, KeyError, TypeError) as err:
+                raise errors.ConfigurationError(
+                    f'audit log {self._path}: its last line is unusable: '
+                    f'{err}')
+        return seq, prev, fragment
 
     def append(self, record):
         with self._lock:
             fcntl.flock(self._fd, fcntl.LOCK_EX)
             try:
-                seq, prev = self._chain_end(os.fstat(self._fd).st_size)
+                size = os.fstat(self._fd).st_size
+                seq, prev, fragment = self._chain_end(size)
+                data = b''
+                if fragment is not None:
+                    # End the torn line and say what it held, so that the
+                    # chain goes on and verify() can tell a cut-short
+                    # write from an edit (the fragment is a line of its
+                    # own, counted in the sequence).
+                    seq += 1
+                    record['torn'] = torn_marker(fragment)
+                    data = b'\n'
                 record['seq'] = seq + 1
                 record['prev'] = prev
                 line = _line(record)
-                data = (line + '\n').encode()
-                size = os.fstat(self._fd).st_size
+                data += (line + '\n').encode()
                 try:
                     written = os.write(self._fd, data)
                 except OSError:
@@ -314,8 +346,10 @@ def verify_lines(lines):
         try:
             record = json.loads(line)
         except ValueError:
-            return False, number - 1, f'line {number} is not JSON'
+            record = None
         if not isinstance(record, dict):
+            if _torn_and_said_so(lines, number, line):
+                continue   # the next record chains from the one before
             return False, number - 1, f'line {number} is not a record'
         if record.get('seq') != number:
             return (False, number - 1,
@@ -327,6 +361,19 @@ def verify_lines(lines):
                     f'a line was edited, removed or moved')
         prev = line_hash(line)
     return True, len(lines), ''
+
+
+def _torn_and_said_so(lines, number, line):
+    """Whether line ``number`` is a write cut short that the next record
+    names by length and digest (AuditLog.append)."""
+    if number >= len(lines):
+        return False
+    try:
+        following = json.loads(lines[number])
+    except ValueError:
+        return False
+    return isinstance(following, dict) and \
+        following.get('torn') == torn_marker(line)
 
 
 def read_lines(path):

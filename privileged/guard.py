@@ -167,15 +167,17 @@ def connect_and_serve(context, sock_path, peer_uid=None, peer_gid=None):
         with _filesystem_ids(peer_uid, peer_gid):
             sock.connect(sock_path)
     daemon.set_cloexec(sock)
-    if peer_uid is not None:
-        _, uid, _ = struct.unpack('3i', sock.getsockopt(
-            socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize('3i')))
-        if uid != peer_uid:
-            sock.close()
-            raise WrongPeer(f'{sock_path} is a socket of uid {uid}, not of '
-                            f'uid {peer_uid}')
+    pid, uid, _ = struct.unpack('3i', sock.getsockopt(
+        socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize('3i')))
+    if peer_uid is not None and uid != peer_uid:
+        sock.close()
+        raise WrongPeer(f'{sock_path} is a socket of uid {uid}, not of '
+                        f'uid {peer_uid}')
     if os.fork() != 0:
         return
+    # Once sudo's process returns, this daemon's parent is init: records
+    # name the process at the other end of the channel instead.
+    audit.set_caller(pid)
     try:
         serve(sock, context)
     finally:

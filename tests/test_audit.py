@@ -82,3 +82,26 @@ def test_cli_verify(xfs_dir, rig, tmp_path):
     assert proc.returncode == 1
     assert json.loads(proc.stdout)['ok'] is False
     assert 'line 2' in proc.stderr
+
+
+def test_a_record_cut_short_is_marked_and_the_chain_goes_on(xfs_dir, rig):
+    """Found by review: a root daemon SIGKILLed inside write() can leave
+    half a record (the kernel stops a write between pages for a fatal
+    signal; a host crash can too). The next append found the last line
+    unusable and refused every root call from then on, for good. Now it
+    ends the torn line, names it by length and digest in the next record,
+    and verify accepts exactly that and nothing else."""
+    files.create(f'{xfs_dir}/before', 4096)
+    fragment = _lines(rig)[-1][:150]
+    rig.run(['/bin/sh', '-c', 'printf "%s" "$1" >> "$2"', 'sh', fragment,
+             _log_path()])
+    files.create(f'{xfs_dir}/after', 4096)   # refused before the fix
+    lines = _lines(rig)
+    assert lines[-2] == fragment
+    assert json.loads(lines[-1])['torn'] == audit.torn_marker(fragment)
+    assert audit.verify_lines(lines) == (True, len(lines), '')
+    edited = lines[:-2] + [fragment.replace('"', "'", 1), lines[-1]]
+    removed = lines[:-2] + lines[-1:]
+    for tampered in (edited, removed):
+        ok, _, why = audit.verify_lines(tampered)
+        assert not ok and why

@@ -141,24 +141,30 @@ def test_rename_noreplace_keeps_existing(xfs_dir, rig):
     assert 'a' not in rig.tree(xfs_dir)
 
 
-def _race(swapper, call, iterations=3000):
+def _race(swapper, call, iterations=3000, rounds=20):
+    """Call while the swapper runs, for more rounds while the calls have
+    not yet met both states (on a loaded machine a round may see only a
+    few calls); the tests then show the race was really run."""
     outcomes = {'ok': 0, 'refused': 0}
-    done = threading.Event()
+    for _ in range(rounds):
+        done = threading.Event()
 
-    def swap():
-        try:
-            swapper(iterations)
-        finally:
-            done.set()
-    thread = threading.Thread(target=swap)
-    thread.start()
-    while not done.is_set():
-        try:
-            call()
-            outcomes['ok'] += 1
-        except (errors.PathRefused, errors.NotFound):
-            outcomes['refused'] += 1
-    thread.join()
+        def swap():
+            try:
+                swapper(iterations)
+            finally:
+                done.set()
+        thread = threading.Thread(target=swap)
+        thread.start()
+        while not done.is_set():
+            try:
+                call()
+                outcomes['ok'] += 1
+            except (errors.PathRefused, errors.NotFound):
+                outcomes['refused'] += 1
+        thread.join()
+        if outcomes['ok'] and outcomes['refused']:
+            break
     return outcomes
 
 

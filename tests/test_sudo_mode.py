@@ -7,6 +7,7 @@ fixed configuration (/etc/volsep/privileged.conf, written by `volsepd
 """
 
 import hashlib
+import json
 import os
 import pwd
 import time
@@ -204,6 +205,12 @@ def test_a_sudo_mode_service_runs_its_root_side_through_sudo(sudo_service,
     verified = service.json('audit', 'verify')
     assert verified['ok'] and verified['verified'] > 3, verified
     assert verified['problem'] is None
+    # Records name the service as the caller, not init (the helper's
+    # daemon is orphaned once sudo returns).
+    records = [json.loads(line) for line in rig.read(
+        f'{service.state_dir}/audit.log').decode().splitlines()]
+    assert {(r['caller']['pid'], r['caller']['uid'])
+            for r in records[-5:]} == {(service.pid, int(volsep_uid))}
 
 
 def test_the_service_user_gets_nothing_else_from_sudo(sudo_service):
