@@ -17,7 +17,6 @@ from volsep.drivers import layout
 from volsep.privileged import errors as root_errors
 from volsep.privileged import files
 from volsep.privileged import image_formats
-from volsep.privileged import images
 from volsep.privileged import qemu
 
 LOG = logging.getLogger('volsep.drivers.directory')
