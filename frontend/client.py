@@ -62,12 +62,14 @@ class Client:
         return self._reply()
 
     def import_stream(self, address, source, size, fmt='raw',
-                      progress=None, force=False):
+                      progress=None, force=False, on_sent=None):
         """Send exactly ``size`` bytes read from the file object
         ``source``. A source with more than ``size`` bytes is refused, not
         cut: one byte past ``size`` is read, and if there is one the
         import is abandoned (volsepd rolls it back). ``force`` lets the
-        import shrink the volume."""
+        import shrink the volume. ``progress(count)`` is called for each
+        chunk sent, ``on_sent()`` once the whole stream is sent, when
+        volsepd starts committing it (flush, rename, or a conversion)."""
         params = {'volume': address, 'size': size, 'format': fmt}
         if force:
             params['force'] = True
@@ -102,12 +104,21 @@ class Client:
                               f'{size} bytes; nothing was imported (give '
                               f'its exact size)')
         self.sock.sendall(protocol.encode(protocol.END_OF_STREAM))
+        if on_sent:
+            on_sent()
         return self._reply()
 
-    def export_stream(self, address, sink, fmt='raw', progress=None):
+    def export_stream(self, address, sink, fmt='raw', progress=None,
+                      on_size=None):
+        """Write the volume's committed image to ``sink`` (anything with a
+        write method); returns its size. ``on_size(size)`` is called once
+        volsepd has announced the size, before the first byte,
+        ``progress(count)`` for each chunk written."""
         self._send('admin.vm.volume.Export', {'volume': address,
                                               'format': fmt})
         size = self._reply()['size']
+        if on_size:
+            on_size(size)
         received = 0
         while received < size:
             data = self.stream.read(min(CHUNK, size - received))

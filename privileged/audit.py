@@ -13,12 +13,14 @@ import functools
 import hashlib
 import json
 import os
+import stat
 import threading
 import time
 
 from volsep.privileged import config
 from volsep.privileged import contexts
 from volsep.privileged import errors
+from volsep.privileged import ownership
 
 GENESIS = '0' * 64
 _TAIL_BYTES = 1 << 16
@@ -114,10 +116,25 @@ class AuditLog:
         self._known = None   # (file size, seq, hash) after our last record
 
     def _open(self):
-        fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT |
-                     os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        self._rfd = os.open(self._path,
-                            os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # The directory is reached one checked component at a time (as an
+        # allowed root is): were it missing under a sticky /var/tmp, say,
+        # the service user could otherwise plant a symlink there and have
+        # the log made in a directory of theirs, where they may delete it.
+        parent, name = os.path.split(self._path)
+        dir_fd = ownership.open_directory(parent, os.geteuid())
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_APPEND | os.O_CREAT |
+                         os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or \
+                st.st_nlink != 1:
+            os.close(fd)
+            raise OSError(f'{self._path} is not a regular file of uid '
+                          f'{os.geteuid()} with one link')
+        # The same inode for reading the chain's end.
+        self._rfd = os.open(f'/proc/self/fd/{fd}', os.O_RDONLY | os.O_CLOEXEC)
         self._fd = fd
 
     def ensure_open(self):
@@ -125,7 +142,7 @@ class AuditLog:
             if self._fd is None:
                 try:
                     self._open()
-                except OSError as err:
+                except (OSError, ownership.NotPrivate) as err:
                     raise errors.ConfigurationError(
                         f'audit log {self._path} is unusable: {err}')
 

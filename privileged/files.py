@@ -16,6 +16,7 @@ from volsep.privileged import audit
 from volsep.privileged import contexts
 from volsep.privileged import copying
 from volsep.privileged import errors
+from volsep.privileged import holes
 from volsep.privileged import inuse
 from volsep.privileged import paths
 from volsep.privileged import validate
@@ -107,7 +108,8 @@ def truncate(path, size, allow_shrink=False):
 @audit.audited_stream
 def write_at(path, offset, data):
     """Write one chunk of an import stream into an existing file, within
-    its size (imports have an exact size fixed at their start)."""
+    its size (imports have an exact size fixed at their start, so the file
+    already has its final length). All-zero blocks become holes."""
     validate.size(offset, 'offset')
     if type(data) is not bytes or len(data) > validate.MAX_CHUNK:
         raise errors.InvalidArgument(
@@ -118,8 +120,8 @@ def write_at(path, offset, data):
             raise errors.InvalidArgument(
                 f'{path}: writing {len(data)} bytes at {offset} passes its '
                 f'size {st.st_size}')
-        written = os.pwrite(fd, data, offset)
-    return written
+        holes.write(fd, offset, data)
+    return len(data)
 
 
 @contexts.file_ops.entrypoint

@@ -183,11 +183,16 @@ def test_a_missing_root_under_a_sticky_directory_cannot_be_raced(sudo_rule):
                 os.waitpid(flipper, 0)
                 if os.path.islink(STATE):
                     os.unlink(STATE)
+                # The audit log (STATE/audit.log) must not have been made
+                # in volsep's directory either, where volsep may delete it.
+                if os.path.exists(evil + '/audit.log'):
+                    print('AUDIT-PLANTED')
         ''')
         assert rc == 0, err
         made = rig.tree(target)
         assert not made, f'root made {made} in {target}: {out}'
         assert b'WON' not in out, out
+        assert b'AUDIT-PLANTED' not in out, out
     finally:
         rig.rmtree(target)
         rig.run(['rm', '-rf', state_dir])

@@ -1,5 +1,6 @@
 """volsep volume ..."""
 
+import argparse
 import contextlib
 import os
 import signal
@@ -12,9 +13,9 @@ from volsep.frontend.cli import base
 from volsep.frontend.cli import progress
 from volsep.frontend.cli import units
 from volsep.privileged import image_formats
+from volsep.privileged import zeros
 
 LIST_COLUMNS = ('domain', 'name', 'pool', 'vid', 'kind', 'size')
-ZERO_CHUNK = bytes(1 << 20)
 
 
 def _address(parser, help='the volume'):
@@ -36,6 +37,13 @@ def _as_addressed(record):
     if 'vid' not in record:
         return record
     return dict(record, vid=f"{record['domain']}:{record['name']}")
+
+
+def _progress_option(parser):
+    parser.add_argument(
+        '--progress', action=argparse.BooleanOptionalAction,
+        help='show the progress on stderr (default: only when stderr is a '
+             'terminal)')
 
 
 def _check_not_empty(size):
@@ -246,6 +254,7 @@ class VolumeImport(_VolumeShow):
                  'exactly a self-contained image of that format')
         parser.add_argument('--force', action='store_true',
                             help='allow the import to shrink the volume')
+        _progress_option(parser)
         return parser
 
     def take_action(self, args):
@@ -263,29 +272,32 @@ class VolumeImport(_VolumeShow):
         with source:
             if size is None:
                 size = _source_size(source, name)
-            with progress.bar(size, f'import {args.volume}') as update:
+            with progress.transfer(f'import {args.volume}',
+                                   args.progress) as shown:
+                shown.start(size)
                 info = self.client().import_stream(
-                    args.volume, source, size, args.format, update,
-                    force=args.force)
+                    args.volume, source, size, args.format, shown.advance,
+                    force=args.force, on_sent=shown.committing)
         return self.fields(info)
 
 
 class _SparseSink:
-    """Writes a file, turning all-zero megabytes into holes."""
+    """Writes a new file front to back, seeking past its all-zero blocks
+    so that they stay holes (the root side writes imports alike)."""
 
     def __init__(self, f):
         self.f = f
 
     def write(self, data):
         view = memoryview(data)
-        for start in range(0, len(view), len(ZERO_CHUNK)):
-            piece = view[start:start + len(ZERO_CHUNK)]
-            if piece == ZERO_CHUNK[:len(piece)]:
-                self.f.seek(len(piece), os.SEEK_CUR)
+        for start, end, zero in zeros.runs(data):
+            if zero:
+                self.f.seek(end - start, os.SEEK_CUR)
             else:
-                self.f.write(piece)
+                self.f.write(view[start:end])
 
     def finish(self):
+        # A trailing hole was only sought past: give the file its length.
         self.f.truncate(self.f.tell())
 
 
@@ -342,6 +354,7 @@ class VolumeExport(base.ShowOne):
         parser.add_argument('--force', action='store_true',
                             help='replace PATH if it exists (atomically, '
                                  'once the export is complete)')
+        _progress_option(parser)
         return parser
 
     def stdout_is_data(self, parsed_args):
@@ -385,9 +398,10 @@ class VolumeExport(base.ShowOne):
         if out.isatty():
             raise app.UsageError('refusing to write an image to a terminal; '
                                  'redirect stdout or give a PATH')
-        with progress.bar(None, f'export {args.volume}') as update:
+        with progress.transfer(f'export {args.volume}',
+                               args.progress) as shown:
             self.client().export_stream(args.volume, out, args.format,
-                                        update)
+                                        shown.advance, on_size=shown.start)
         out.flush()
         return (), ()
 
@@ -398,9 +412,11 @@ class VolumeExport(base.ShowOne):
             raise app.OperationError('InvalidArgument',
                                      f'{args.path}: {err.strerror}')
         with target, _unwind_on_signals():
-            with progress.bar(None, f'export {args.volume}') as update:
-                return self.client().export_stream(args.volume, target,
-                                                   args.format, update)
+            with progress.transfer(f'export {args.volume}',
+                                   args.progress) as shown:
+                return self.client().export_stream(
+                    args.volume, target, args.format, shown.advance,
+                    on_size=shown.start)
 
     def _replace(self, args, real, st):
         directory, base_name = os.path.split(real)
@@ -412,13 +428,16 @@ class VolumeExport(base.ShowOne):
             raise app.OperationError('InvalidArgument',
                                      f'{args.path}: {err.strerror}')
         try:
-            with _unwind_on_signals():
+            with _unwind_on_signals(), \
+                    progress.transfer(f'export {args.volume}',
+                                      args.progress) as shown:
                 with os.fdopen(fd, 'wb') as target:
                     sink = _SparseSink(target)
-                    with progress.bar(None, f'export {args.volume}') as \
-                            update:
-                        size = self.client().export_stream(
-                            args.volume, sink, args.format, update)
+                    size = self.client().export_stream(
+                        args.volume, sink, args.format, shown.advance,
+                        on_size=shown.start)
+                    # Flushing a large file can take long: say so.
+                    shown.committing()
                     sink.finish()
                     target.flush()
                     os.fsync(target.fileno())
