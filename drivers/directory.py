@@ -16,7 +16,7 @@ from volsep.drivers import errors
 from volsep.drivers import layout
 from volsep.privileged import errors as root_errors
 from volsep.privileged import files
-from volsep.privileged import images
+from volsep.privileged import image_formats
 from volsep.privileged import qemu
 
 LOG = logging.getLogger('volsep.drivers.directory')
@@ -430,7 +430,7 @@ class DirectoryPool(base.Pool):
     volume_class = DirectoryVolume
     capabilities = dataclasses.replace(
         base.Capabilities(), revert=True, resize_running=True,
-        import_formats=images.FORMATS,
+        import_formats=image_formats.FORMATS,
         export_formats=('raw', 'qcow2'))
     clone_mode = 'never'
     options = dict(base.Pool.options, dir_path=base.Option(

@@ -22,9 +22,9 @@ import struct
 from oslo_utils.imageutils import format_inspector
 
 from volsep.privileged import errors
+from volsep.privileged import image_formats
 
-# User-facing names; qemu-img calls VHD "vpc".
-FORMATS = ('raw', 'qcow2', 'vmdk', 'vhd', 'vhdx', 'vdi')
+# qemu-img's names of formats where they differ: it calls VHD "vpc".
 QEMU_NAMES = {'vhd': 'vpc'}
 # The L1 and refcount tables qemu-img loads whole: 32 MiB each is qemu's own
 # ceiling, far above what a 1 PiB image with 64 KiB clusters needs.
@@ -79,10 +79,10 @@ class ImageCheck:
     end, settles only at conclude())."""
 
     def __init__(self, declared, max_virtual_size, allow_backing=False):
-        if declared not in FORMATS or declared == 'raw':
+        if declared not in image_formats.FORMATS or declared == 'raw':
             raise errors.InvalidArgument(
                 f'cannot inspect format {declared!r}; one of '
-                f'{", ".join(FORMATS[1:])}')
+                f'{", ".join(image_formats.FORMATS[1:])}')
         self.declared = declared
         self.max_virtual_size = max_virtual_size
         # Only for layers of a pool's own chain, whose backing files the

@@ -20,6 +20,7 @@ from volsep.privileged import confined
 from volsep.privileged import contexts
 from volsep.privileged import copying
 from volsep.privileged import errors
+from volsep.privileged import image_formats
 from volsep.privileged import images
 from volsep.privileged import inuse
 from volsep.privileged import paths
@@ -71,7 +72,7 @@ def run_img(argv, what, readable=(), writable=()):
 @audit.audited
 def info(path, fmt):
     """`qemu-img info` of one image with a declared format, as a dict."""
-    validate.choice(fmt, images.FORMATS, 'format')
+    validate.choice(fmt, image_formats.FORMATS, 'format')
     with paths.regular_file(path, os.O_RDONLY) as (fd, _):
         # info copies no data, so the check runs on the file itself, held
         # in use so that it cannot change, rather than on a frozen copy as
@@ -146,7 +147,7 @@ def _frozen_source(src, fmt, parent):
 @audit.audited
 def convert(src, src_fmt, dst, dst_fmt, mode=0o600):
     """Convert ``src`` (declared format) into a new image ``dst``."""
-    validate.choice(src_fmt, images.FORMATS, 'source format')
+    validate.choice(src_fmt, image_formats.FORMATS, 'source format')
     validate.choice(dst_fmt, OUTPUT_FORMATS, 'target format')
     validate.file_mode(mode)
     with paths.parent_of(dst) as (parent, name), \

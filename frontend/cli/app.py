@@ -5,8 +5,9 @@ import inspect
 import sys
 
 from cliff import app
-from cliff import commandmanager
 from cliff import help
+
+from volsep.frontend.cli import commands
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
@@ -54,7 +55,7 @@ class VolsepApp(app.App):
         super().__init__(
             description='volsep: privilege-separated VM disk storage',
             version='0.1.0',
-            command_manager=commandmanager.CommandManager('volsep.cli'),
+            command_manager=commands.LazyCommandManager('volsep.cli'),
             deferred_help=True)
 
     def build_option_parser(self, description, version, argparse_kwargs=None):

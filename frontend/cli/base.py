@@ -42,6 +42,16 @@ class _Reporting:
         app.report_parse_errors_in_one_line(parser)
         return parser
 
+    def get_epilog(self):
+        # cliff's epilog would add "provided by the X plugin" for a command
+        # from another distribution than the app's. Finding a command's
+        # distribution parses the file list of every installed one
+        # (importlib.metadata.packages_distributions), about a third of a
+        # command's start-up, and every volsep command is volsep's own.
+        hook_epilogs = [hook.obj.get_epilog() for hook in self._hooks
+                        if hook.obj is not None]
+        return '\n\n'.join([self._epilog or '', *filter(None, hook_epilogs)])
+
     def default_formatter(self, parsed_args):
         """The output format when no -f is given."""
         return self.formatter_default

@@ -8,42 +8,6 @@ import contextlib
 import sys
 import time
 
-import tqdm
-
-_PREFIXES = ('', 'Ki', 'Mi', 'Gi', 'Ti', 'Pi')
-_BAR_FORMAT = ('{desc}: {percentage:3.0f}%|{bar}| {done}/{size} '
-               '[{elapsed}<{remaining}, {speed}]')
-
-
-def binary(count):
-    """A byte count with a binary prefix: '512 B', '3.5 MiB', '1.00 GiB'."""
-    for prefix in _PREFIXES:
-        if abs(count) < 1000 or prefix == _PREFIXES[-1]:
-            break
-        count /= 1024
-    if not prefix:
-        return f'{count:.0f} B'
-    return f'{count:.2f} {prefix}B' if abs(count) < 10 else \
-        f'{count:.1f} {prefix}B'
-
-
-class _BinaryBar(tqdm.tqdm):
-    """tqdm labels a 1024-based count 'MB' and formats the rate in powers
-    of 1000 whatever unit_divisor says: sizes and speed are formatted here
-    instead, with the prefixes that match."""
-
-    @property
-    def format_dict(self):
-        fields = super().format_dict
-        rate = fields['rate']
-        if rate is None and fields['elapsed']:
-            rate = fields['n'] / fields['elapsed']
-        fields.update(done=binary(fields['n']),
-                      size=binary(fields['total'] or 0),
-                      speed=f'{binary(rate)}/s' if rate else '? B/s')
-        return fields
-
-
 def shown(requested):
     """Whether to show progress: as asked (--progress / --no-progress),
     else only when stderr is a terminal."""
@@ -63,8 +27,12 @@ class Transfer:
     def start(self, total):
         """The stream's size is known: show the bar."""
         if self.enabled:
-            self._bar = _BinaryBar(total=total, desc=self.description,
-                                   bar_format=_BAR_FORMAT, file=sys.stderr)
+            # Imported only for a bar that is shown, so that the volume
+            # commands without one do not pay for importing tqdm.
+            from volsep.frontend.cli import progress_bar
+            self._bar = progress_bar.BinaryBar(
+                total=total, desc=self.description,
+                bar_format=progress_bar.FORMAT, file=sys.stderr)
 
     def advance(self, count):
         if self._bar is not None:

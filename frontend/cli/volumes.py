@@ -12,7 +12,7 @@ from volsep.frontend.cli import app
 from volsep.frontend.cli import base
 from volsep.frontend.cli import progress
 from volsep.frontend.cli import units
-from volsep.privileged import images
+from volsep.privileged import image_formats
 from volsep.privileged import zeros
 
 LIST_COLUMNS = ('domain', 'name', 'pool', 'vid', 'kind', 'size')
@@ -248,7 +248,7 @@ class VolumeImport(_VolumeShow):
                  '(or stdin) is a regular file or block device. Data '
                  'longer than this is refused, not cut')
         parser.add_argument(
-            '--format', default='raw', choices=images.FORMATS,
+            '--format', default='raw', choices=image_formats.FORMATS,
             help='format of the data; anything but raw is inspected and '
                  'converted, and refused as UnsafeImage if it is not '
                  'exactly a self-contained image of that format')

@@ -1,0 +1,21 @@
+"""Finding volsep's commands without importing them.
+
+cliff's CommandManager asks stevedore for the commands' entry points, and
+stevedore imports every one of them; some bring heavy modules (the image
+inspection of `volume import` compiles hundreds of regular expressions).
+Recording only the entry points leaves cliff to import the module of the
+one command that runs, when it looks it up."""
+
+import importlib.metadata
+
+from cliff import commandmanager
+
+
+class LazyCommandManager(commandmanager.CommandManager):
+    def load_commands(self, namespace):
+        self.group_list.append(namespace)
+        for entry_point in importlib.metadata.entry_points(group=namespace):
+            name = entry_point.name
+            if self.convert_underscores:
+                name = name.replace('_', ' ')
+            self.commands[name] = entry_point
