@@ -90,14 +90,31 @@ def test_a_record_cut_short_is_marked_and_the_chain_goes_on(xfs_dir, rig):
     signal; a host crash can too). The next append found the last line
     unusable and refused every root call from then on, for good. Now it
     ends the torn line, names it by length and digest in the next record,
-    and verify accepts exactly that and nothing else."""
-    files.create(f'{xfs_dir}/before', 4096)
-    fragment = _lines(rig)[-1][:150]
-    rig.run(['/bin/sh', '-c', 'printf "%s" "$1" >> "$2"', 'sh', fragment,
-             _log_path()])
-    files.create(f'{xfs_dir}/after', 4096)   # refused before the fix
-    lines = _lines(rig)
-    assert lines[-2] == fragment
+    and verify accepts exactly that and nothing else. (A root process of
+    its own, with its own log: the suite's log stays whole.)"""
+    conf_dir = f'{os.environ["VOLSEP_TEST_WORK"]}/torn-{os.getpid()}'
+    log = f'{conf_dir}/audit.log'
+    rig.mkdir(conf_dir)
+    with open(os.environ['VOLSEP_PRIVILEGED_CONFIG']) as f:
+        roots = next(line for line in f if line.startswith('allowed_roots'))
+    rig.write(f'{conf_dir}/privileged.conf',
+              f'[privileged]\n{roots}audit_log = {log}\n'.encode(), 0o644)
+    code = (
+        'import sys\n'
+        'from volsep.privileged import contexts, files\n'
+        'contexts.file_ops.set_client_mode(False)\n'
+        'files.create(sys.argv[1] + "/before", 4096)\n'
+        'line = open(sys.argv[2]).read().splitlines()[-1]\n'
+        'open(sys.argv[2], "a").write(line[:150])   # a write cut short\n'
+        'files.create(sys.argv[1] + "/after", 4096)\n')
+    rc, _, err = rig.run([sys.executable, '-c', code, xfs_dir, log], env={
+        'VOLSEP_PRIVILEGED_CONFIG': f'{conf_dir}/privileged.conf',
+        'PATH': '/usr/bin:/bin'})
+    lines = rig.read(log).decode().splitlines()
+    rig.rmtree(conf_dir)
+    assert rc == 0, err                        # refused before the fix
+    fragment = lines[-2]
+    assert len(fragment) == 150
     assert json.loads(lines[-1])['torn'] == audit.torn_marker(fragment)
     assert audit.verify_lines(lines) == (True, len(lines), '')
     edited = lines[:-2] + [fragment.replace('"', "'", 1), lines[-1]]
