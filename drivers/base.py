@@ -165,6 +165,11 @@ class Pool:
     def volume(self, config):
         return self.volume_class(self, config)
 
+    def takes_descriptors(self):
+        """Whether raw imports and exports can take the caller's
+        descriptor now."""
+        return self.capabilities.descriptors
+
     def copy_method(self):
         """How this pool copies data for snapshots, commits and clones:
         'reflink' (shared extents) or 'copy' (a full sparse copy)."""

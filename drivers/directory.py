@@ -467,6 +467,9 @@ class DirectoryPool(base.Pool):
                 f'trailing /')
         return parsed
 
+    def takes_descriptors(self):
+        return handover.outbox(contexts.long_jobs) is not None
+
     @property
     def dir_path(self):
         return self.options['dir_path']

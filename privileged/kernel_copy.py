@@ -84,6 +84,7 @@ def file_to_file(src, src_start, dst, dst_start, size, share,
             offset += length
             os.lseek(progress_fd, progress_base + offset - src_start,
                      os.SEEK_SET)
+    os.lseek(progress_fd, progress_base + size, os.SEEK_SET)
 
 
 def _wait(fd, events, stall, what):
