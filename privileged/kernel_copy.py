@@ -154,7 +154,8 @@ def pipe_to_file(src, dst, size, stall):
         if _splice(src, w, 1, stall, src, select.POLLIN,
                    'the pipe was not closed after its data'):
             raise errors.InvalidArgument(f'the data is longer than {size} '
-                                         f'bytes')
+                                         f'bytes; nothing was imported (give '
+                                         f'its exact size)')
     finally:
         os.close(r)
         os.close(w)

@@ -46,7 +46,8 @@ def _check_length(st, offset, size):
             f'the source ended after {max(available, 0)} of {size} bytes')
     if available > size:
         raise errors.InvalidArgument(f'the data is longer than {size} '
-                                     f'bytes')
+                                     f'bytes; nothing was imported (give '
+                                     f'its exact size)')
 
 
 @contexts.long_jobs.entrypoint
