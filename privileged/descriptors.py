@@ -15,7 +15,7 @@ import stat
 
 from volsep.privileged import errors
 
-READ, WRITE = 'read', 'write'
+READ, WRITE = 'reading', 'writing'
 _O_PATH = getattr(os, 'O_PATH', 0o10000000)
 _FUSE_MAGIC = 0x65735546
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -62,7 +62,7 @@ def check(fd, direction):
         (os.O_WRONLY, os.O_RDWR)
     if mode not in wanted:
         raise errors.InvalidArgument(f'the descriptor is not open for '
-                                     f'{direction}ing')
+                                     f'{direction}')
     if stat.S_ISREG(st.st_mode):
         if direction == WRITE and flags & os.O_APPEND:
             raise errors.InvalidArgument('the descriptor is open with '
