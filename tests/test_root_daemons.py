@@ -229,6 +229,12 @@ def test_the_sudo_helper_serves_the_guarded_daemon(tmp_path):
     conn, _ = server.accept()
     daemon_pid = struct.unpack('3i', conn.getsockopt(
         socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
+    # First on the connection, before any privsep message: the daemon's
+    # descriptor handover socket (guard.start_through_helper takes it so).
+    mark, fds, _, _ = socket.recv_fds(conn, 1, 1)
+    assert mark == b'H' and len(fds) == 1
+    assert os.fstat(fds[0]).st_mode & 0o170000 == 0o140000   # a socket
+    os.close(fds[0])
     channel = comm.ClientChannel(conn)
     try:
         for name in ('os.system', 'venv.__main__.x', 'venv.__main__.x'):
