@@ -25,6 +25,8 @@ class Capabilities:
     import_formats: tuple = ('raw',)
     volume_formats: tuple = ('raw',)
     chains: bool = False
+    # Raw imports and exports can take the caller's descriptor.
+    descriptors: bool = False
 
     def as_dict(self):
         return {'kinds': sorted(self.kinds), 'revert': self.revert,
@@ -33,7 +35,7 @@ class Capabilities:
                 'export_formats': list(self.export_formats),
                 'import_formats': list(self.import_formats),
                 'volume_formats': list(self.volume_formats),
-                'chains': self.chains}
+                'chains': self.chains, 'descriptors': self.descriptors}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,10 +107,12 @@ class Volume:
     import_begin = _not_supported('import')
     import_write = _not_supported('import')
     import_end = _not_supported('import')
+    import_descriptor = _not_supported('import')
     import_from = _not_supported('clone')
     export_begin = _not_supported('export')
     export_read = _not_supported('export')
     export_end = _not_supported('export')
+    export_descriptor = _not_supported('export')
     clear = _not_supported('clear')
     tidy = _not_supported('tidy')
     needs_attention = _not_supported('reconciliation')
@@ -160,6 +164,11 @@ class Pool:
 
     def volume(self, config):
         return self.volume_class(self, config)
+
+    def takes_descriptors(self):
+        """Whether raw imports and exports can take the caller's
+        descriptor now."""
+        return self.capabilities.descriptors
 
     def copy_method(self):
         """How this pool copies data for snapshots, commits and clones:

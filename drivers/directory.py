@@ -14,10 +14,13 @@ import os
 from volsep.drivers import base
 from volsep.drivers import errors
 from volsep.drivers import layout
+from volsep.privileged import contexts
 from volsep.privileged import errors as root_errors
 from volsep.privileged import files
+from volsep.privileged import handover
 from volsep.privileged import image_formats
 from volsep.privileged import qemu
+from volsep.privileged import transfers
 
 LOG = logging.getLogger('volsep.drivers.directory')
 
@@ -259,6 +262,14 @@ class DirectoryVolume(base.Volume):
     def import_write(self, offset, data, fmt='raw'):
         return files.write_at(self._path(layout.upload(fmt)), offset, data)
 
+    def import_descriptor(self, fd, size, source_offset, stall_timeout):
+        """Fill a raw import's target from the caller's descriptor ``fd``,
+        in one root call."""
+        return transfers.import_from_descriptor(
+            self._path(layout.upload('raw')), _hand_over(fd), size,
+            source_offset, share=self.pool.clone_mode != 'never',
+            stall_timeout=stall_timeout)
+
     def import_end(self, success, fmt='raw'):
         listing = self.listing()
         upload = layout.upload(fmt)
@@ -326,6 +337,13 @@ class DirectoryVolume(base.Volume):
     def export_read(self, path, offset, length):
         self._check_export(path)
         return files.read_at(path, offset, length)
+
+    def export_descriptor(self, path, fd, stall_timeout):
+        """Write a raw export into the caller's descriptor ``fd``."""
+        self._check_export(path)
+        return transfers.export_to_descriptor(
+            path, _hand_over(fd), share=self.pool.clone_mode != 'never',
+            stall_timeout=stall_timeout)
 
     def export_end(self, path):
         self._check_export(path)
@@ -422,6 +440,14 @@ class _Removal:
         files.set_aside(self.aside, self.volume.config.name)
 
 
+def _hand_over(fd):
+    """The token under which the transfers daemon can claim ``fd``."""
+    outbox = handover.outbox(contexts.long_jobs)
+    if outbox is None:
+        raise errors.NotSupported('the root daemon takes no descriptors')
+    return outbox.give(fd)
+
+
 def _revision_order(name):
     return int(name[1:name.index('@')])
 
@@ -431,7 +457,7 @@ class DirectoryPool(base.Pool):
     capabilities = dataclasses.replace(
         base.Capabilities(), revert=True, resize_running=True,
         import_formats=image_formats.FORMATS,
-        export_formats=('raw', 'qcow2'))
+        export_formats=('raw', 'qcow2'), descriptors=True)
     clone_mode = 'never'
     options = dict(base.Pool.options, dir_path=base.Option(
         'absolute directory of the pool, beneath an allowed root',
@@ -447,6 +473,9 @@ class DirectoryPool(base.Pool):
                 f'dir_path {path!r} must be absolute and normal, without a '
                 f'trailing /')
         return parsed
+
+    def takes_descriptors(self):
+        return handover.outbox(contexts.long_jobs) is not None
 
     @property
     def dir_path(self):

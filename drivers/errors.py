@@ -28,6 +28,8 @@ UnsafeImage = _error('UnsafeImage')
 ChainMismatch = _error('ChainMismatch')
 StorageError = _error('StorageError')
 NotSupported = _error('NotSupported')
+# A stream or a handed-over pipe that did not move for stream_timeout.
+Timeout = _error('Timeout')
 
 
 def translated(exc):

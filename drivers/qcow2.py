@@ -68,10 +68,12 @@ class Qcow2Volume(directory.DirectoryVolume):
     import_begin = base.Volume.import_begin
     import_write = base.Volume.import_write
     import_end = base.Volume.import_end
+    import_descriptor = base.Volume.import_descriptor
     import_from = base.Volume.import_from
     export_begin = base.Volume.export_begin
     export_read = base.Volume.export_read
     export_end = base.Volume.export_end
+    export_descriptor = base.Volume.export_descriptor
     clear = base.Volume.clear
 
     def listing(self, listings=None):

@@ -10,6 +10,16 @@ the reply {"result": {"size": N}} is followed by exactly N raw bytes; a
 reader that consumes nothing for `stream_timeout` seconds is cut off and
 the export snapshot removed.
 
+Descriptor transfers (raw only, "descriptor": true in the params, local
+callers): instead of "ready", the reply carries "descriptor": true, and
+the client sends one byte with its open file or pipe (SCM_RIGHTS; see
+descriptor.py), which the root side copies in the kernel. An import also
+takes "source_offset" (where the data starts in a regular file). After
+the copy, an import sends {"id": ..., "status": "committing"}; then the
+final reply. The connection ending during the copy rolls it back. When
+the pool or the root side cannot take descriptors, or MAX_TRANSFERS are
+running, the reply is the byte stream's, and the client streams instead.
+
 Connections are admitted or refused at accept time, and idle or slow ones
 are closed: see admission.py.
 """
@@ -23,6 +33,7 @@ import secrets
 from volsep.drivers import errors
 from volsep.drivers import validation
 from volsep.frontend import admission
+from volsep.frontend import descriptor
 from volsep.frontend import peer as peer_module
 from volsep.frontend import protocol
 
@@ -30,6 +41,9 @@ LOG = logging.getLogger('volsep.api')
 AUDIT = logging.getLogger('volsep.audit')
 CHUNK = 4 << 20
 IN_FLIGHT = 2
+# Descriptor transfers at once: each holds a thread of the long-jobs root
+# daemon for its whole copy; half of them stay for conversions and pings.
+MAX_TRANSFERS = 8
 
 
 class _Stream(Exception):
@@ -82,6 +96,7 @@ class Api:
             pool, 'max_volume_size')
         self.executor = concurrent.futures.ThreadPoolExecutor(workers)
         self._clone_tokens = {}
+        self._transfers = 0
         m = manager
         # method -> (handler(params), event or None)
         self.simple = {
@@ -230,30 +245,103 @@ class Api:
                         None, force)
         success = False
         try:
-            # Inside the try: a peer gone (or stalled) before it read
-            # this reply rolls the import back too.
-            writer.write(protocol.encode({'id': request_id,
-                                          'result': {'ready': True,
-                                                     'size': size}}))
-            await self._drain(writer)
-            try:
-                await self._receive(address, size, reader)
-            except _Stream:
-                raise
-            except Exception as err:
-                # Refused mid-stream (an unsafe image): the rest of the
-                # stream is unread, so the connection cannot go on.
-                raise _Stream(err, getattr(err, 'error_class', None)) \
-                    from err
-            end = await self._read_up_to(reader, len(protocol.END_MARKER))
-            if end != protocol.END_MARKER:
-                raise _Stream(f'expected exactly {size} bytes and then '
-                              f'{protocol.END_MARKER!r}')
+            if await self._transfer_slot(params, address, fmt):
+                try:
+                    await self._import_descriptor(request_id, address, size,
+                                                  params, reader, writer)
+                finally:
+                    self._transfers -= 1
+            else:
+                await self._import_stream(request_id, address, size, reader,
+                                          writer)
             success = True
         finally:
             info = await self._run(self.manager.import_end, address, success)
         self.hub.publish('volume-imported', address)
         return info
+
+    async def _import_stream(self, request_id, address, size, reader,
+                             writer):
+        # Called inside import_begin/end: a peer gone (or stalled) before
+        # it read this reply rolls the import back too.
+        writer.write(protocol.encode({'id': request_id,
+                                      'result': {'ready': True,
+                                                 'size': size}}))
+        await self._drain(writer)
+        try:
+            await self._receive(address, size, reader)
+        except _Stream:
+            raise
+        except Exception as err:
+            # Refused mid-stream (an unsafe image): the rest of the
+            # stream is unread, so the connection cannot go on.
+            raise _Stream(err, getattr(err, 'error_class', None)) \
+                from err
+        end = await self._read_up_to(reader, len(protocol.END_MARKER))
+        if end != protocol.END_MARKER:
+            raise _Stream(f'expected exactly {size} bytes and then '
+                          f'{protocol.END_MARKER!r}')
+
+    async def _transfer_slot(self, params, address, fmt):
+        """Whether this transfer goes by descriptor (then it holds one of
+        the MAX_TRANSFERS slots, which the caller gives back)."""
+        if params.get('descriptor') is not True or \
+                self._transfers >= MAX_TRANSFERS or \
+                not await self._run(self.manager.takes_descriptors, address,
+                                    fmt):
+            return False
+        self._transfers += 1
+        return True
+
+    def _stall_timeout(self):
+        return admission.Limits.seconds(self.limits.stream_timeout)
+
+    async def _take_descriptor(self, request_id, result, writer):
+        """Reply ``result`` and receive the client's descriptor (see
+        descriptor.py). Anything going wrong here loses the framing."""
+        transport = writer.transport
+        transport.pause_reading()
+        try:
+            writer.write(protocol.encode({'id': request_id,
+                                          'result': result}))
+            await self._drain(writer)
+            sock = writer.get_extra_info('socket')
+            return await self._run(descriptor.receive, sock.fileno(),
+                                   self._stall_timeout() or 60)
+        except Exception as err:
+            raise _Stream(err, getattr(err, 'error_class', None)) from err
+        finally:
+            transport.resume_reading()
+
+    async def _unless_abandoned(self, reader, work):
+        """``work``'s result, unless the client hangs up or sends anything
+        while it runs: then _Stream once it has ended (a root copy cannot
+        be interrupted), so the caller rolls back."""
+        work = asyncio.ensure_future(work)
+        watch = asyncio.ensure_future(reader.read(1))
+        await asyncio.wait({work, watch},
+                           return_when=asyncio.FIRST_COMPLETED)
+        if watch.done():
+            await asyncio.gather(work, return_exceptions=True)
+            raise _Stream('the connection ended or sent data during the '
+                          'transfer: nothing was changed')
+        watch.cancel()
+        return work.result()
+
+    async def _import_descriptor(self, request_id, address, size, params,
+                                 reader, writer):
+        source_offset = validation.size(params.get('source_offset', 0))
+        fd = await self._take_descriptor(
+            request_id, {'ready': True, 'size': size, 'descriptor': True},
+            writer)
+        try:
+            await self._unless_abandoned(reader, self._run(
+                self.manager.import_descriptor, address, fd, source_offset,
+                self._stall_timeout()))
+        finally:
+            os.close(fd)
+        writer.write(protocol.encode({'id': request_id,
+                                      'status': 'committing'}))
 
     async def _receive(self, address, size, reader):
         # Up to IN_FLIGHT chunks are written by the root side (whose file
@@ -343,9 +431,35 @@ class Api:
 
     async def _export(self, request_id, params, reader, writer, scope):
         address = _param(params, 'volume')
-        export = await self._run(self.manager.export_begin, address,
-                                 params.get('format', 'raw'))
+        fmt = params.get('format', 'raw')
+        export = await self._run(self.manager.export_begin, address, fmt)
         path, size = export['path'], export['size']
+        try:
+            if await self._transfer_slot(params, address, fmt):
+                try:
+                    return await self._export_descriptor(
+                        request_id, address, path, size, reader, writer)
+                finally:
+                    self._transfers -= 1
+            await self._export_stream(request_id, address, path, size,
+                                      writer)
+            return None
+        finally:
+            await self._run(self.manager.export_end, address, path)
+
+    async def _export_descriptor(self, request_id, address, path, size,
+                                 reader, writer):
+        fd = await self._take_descriptor(
+            request_id, {'size': size, 'descriptor': True}, writer)
+        try:
+            await self._unless_abandoned(reader, self._run(
+                self.manager.export_descriptor, address, path, fd,
+                self._stall_timeout()))
+        finally:
+            os.close(fd)
+        return {'size': size}
+
+    async def _export_stream(self, request_id, address, path, size, writer):
         pending = None
         try:
             writer.write(protocol.encode({'id': request_id,
@@ -366,8 +480,6 @@ class Api:
                 # Cut off (stalled or gone) while the next chunk was being
                 # read: let that read end before the snapshot goes.
                 await asyncio.gather(pending, return_exceptions=True)
-            await self._run(self.manager.export_end, address, path)
-        return None
 
     async def _events(self, request_id, params, reader, writer, scope):
         patterns = params.get('patterns', ['*'])
@@ -488,8 +600,8 @@ class Api:
             if method in self.streaming:
                 result = await self.streaming[method](request_id, params,
                                                       reader, writer, scope)
-                if method == 'admin.vm.volume.Export':
-                    return None
+                if method == 'admin.vm.volume.Export' and result is None:
+                    return None   # the stream was the reply
                 return {'id': request_id, 'result': result}
             if method not in self.simple:
                 raise errors.InvalidArgument(f'unknown method {method!r}')

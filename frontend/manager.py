@@ -863,6 +863,23 @@ class Manager:
         pending = self._pending_import(config)
         return self._volume(config).import_write(offset, data, pending.fmt)
 
+    def takes_descriptors(self, address, fmt):
+        """Whether a ``fmt`` import or export of ``address`` can take the
+        caller's descriptor instead of a byte stream."""
+        return fmt == 'raw' and self._pool(
+            self._config(address).pool).takes_descriptors()
+
+    def import_descriptor(self, address, fd, source_offset, stall_timeout):
+        """All of a pending raw import, copied by the root side from the
+        caller's descriptor ``fd`` (no lock, as import_write)."""
+        config = self._config(address)
+        pending = self._pending_import(config)
+        if pending.fmt != 'raw':
+            raise errors.InvalidArgument(f'a {pending.fmt} import cannot '
+                                         f'take a descriptor')
+        return self._volume(config).import_descriptor(
+            fd, pending.reserved, source_offset, stall_timeout)
+
     def import_end(self, address, success=True):
         config = self._config(address)
         with self._volume_lock(config):
@@ -922,6 +939,10 @@ class Manager:
     def export_read(self, address, path, offset, length):
         return self._volume(self._config(address)).export_read(
             path, offset, length)
+
+    def export_descriptor(self, address, path, fd, stall_timeout):
+        return self._volume(self._config(address)).export_descriptor(
+            path, fd, stall_timeout)
 
     def export_end(self, address, path):
         config = self._config(address)

@@ -17,7 +17,6 @@ import sys
 import tempfile
 
 from oslo_config import cfg
-from oslo_privsep import priv_context
 from volsep.frontend import privsep_helper
 from volsep.privileged import contexts
 from volsep.privileged import guard
@@ -95,7 +94,7 @@ def _start_through_sudo():
         cfg.CONF.set_override('helper_command', f'{SUDO} -n -- {helper} '
                               f'{name}', group=ctx.cfg_section)
         try:
-            ctx.start(priv_context.Method.ROOTWRAP)
+            guard.start_through_helper(ctx)
         except Exception as err:
             raise SudoUnavailable(
                 f'could not start the {name} daemon with "sudo -n {helper} '

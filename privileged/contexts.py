@@ -43,5 +43,6 @@ MODULES = {
                                 'volsep.privileged.qemu',
                                 'volsep.privileged.chain'),
     'volsep_privileged_jobs': ('volsep.privileged.qemu',
-                               'volsep.privileged.chain'),
+                               'volsep.privileged.chain',
+                               'volsep.privileged.transfers'),
 }

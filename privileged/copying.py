@@ -29,8 +29,9 @@ def reflink(src_fd, dst_fd):
     return True
 
 
-def data_segments(fd, size):
-    offset = 0
+def data_segments(fd, size, offset=0):
+    """(start, end) of each run of data in ``fd`` between ``offset`` and
+    ``size``."""
     while offset < size:
         try:
             start = os.lseek(fd, offset, os.SEEK_DATA)

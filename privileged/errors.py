@@ -89,3 +89,9 @@ class NoSpace(PrivilegedError):
     """The filesystem holding the pool is full."""
 
     error_class = 'StorageError'
+
+
+class Stalled(PrivilegedError):
+    """The other end of a pipe did not move for the stall timeout."""
+
+    error_class = 'Timeout'

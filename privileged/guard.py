@@ -11,7 +11,14 @@ gets a reply and leaves the worker running.
 
 A daemon forked from volsepd would also inherit what volsepd had open (the
 API's listening socket, the other daemon's channel): it closes every
-descriptor but its own channel and stdio before serving.
+descriptor but its own channel, its handover socket and stdio before
+serving.
+
+Each daemon also gets a handover socket (handover.py) beside its privsep
+channel, for the descriptors volsepd passes on: made with the channel when
+forking; started through sudo, the helper makes the pair and sends
+volsepd's end over the freshly connected channel before anything else is
+said on it, so the channel itself stays oslo.privsep's.
 
 oslo.privsep's own forking channel builds the stock daemon inside its
 constructor, so the fork and the sudo helper's connect are done here, with
@@ -24,7 +31,9 @@ import importlib
 import os
 import socket
 import struct
+import subprocess
 import sys
+import tempfile
 import traceback
 
 from oslo_privsep import comm
@@ -33,6 +42,10 @@ from oslo_privsep import daemon
 from volsep.privileged import audit
 from volsep.privileged import contexts
 from volsep.privileged import errors
+from volsep.privileged import handover
+
+# The one byte that carries the handover socket over a new sudo channel.
+_HANDOVER_MARK = b'H'
 
 
 def entrypoint_names(context):
@@ -91,9 +104,11 @@ def release_inherited(keep):
         os.close(devnull)
 
 
-def serve(sock, context):
-    """Be ``context``'s root daemon on ``sock`` until the channel closes."""
-    release_inherited({sock.fileno()})
+def serve(sock, context, inbox):
+    """Be ``context``'s root daemon on ``sock`` until the channel closes,
+    taking descriptors on ``inbox``."""
+    release_inherited({sock.fileno(), inbox.fileno()})
+    handover.serve(inbox)
     channel = comm.ServerChannel(sock)
     daemon.replace_logging(daemon.PrivsepLogHandler(
         channel, processName=str(context)))
@@ -107,7 +122,8 @@ def fork_daemon(context):
     """Fork ``context``'s daemon (as the caller: root in system mode) and
     connect ``context`` to it; returns the daemon's pid."""
     ours, theirs = socket.socketpair()
-    for end in (ours, theirs):
+    our_box, their_box = handover.pair()
+    for end in (ours, theirs, our_box, their_box):
         daemon.set_cloexec(end)
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
@@ -115,12 +131,53 @@ def fork_daemon(context):
     if pid == 0:
         try:
             ours.close()
-            serve(theirs, context)
+            our_box.close()
+            serve(theirs, context, their_box)
         finally:
             os._exit(0)
     theirs.close()
+    their_box.close()
     context.channel = daemon._ClientChannel(ours, context)
+    handover.register(context, our_box)
     return pid
+
+
+def start_through_helper(context, timeout=60):
+    """volsepd's part of the sudo start (oslo.privsep's ROOTWRAP client,
+    plus the handover socket): listen in a private directory, run the
+    context's helper_command for it, take the helper's connection and,
+    first on it, its handover socket."""
+    directory = tempfile.mkdtemp()   # 0700
+    path = os.path.join(directory, 'privsep.sock')
+    listener = socket.socket(socket.AF_UNIX)
+    try:
+        listener.bind(path)
+        listener.listen(1)
+        proc = subprocess.run(context.helper_command(path), timeout=timeout)
+        if proc.returncode != 0:
+            raise daemon.FailedToDropPrivileges(
+                f'privsep helper command exited non-zero '
+                f'({proc.returncode})')
+        listener.settimeout(timeout)
+        sock, _ = listener.accept()
+    finally:
+        listener.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.rmdir(directory)
+    sock.settimeout(timeout)
+    mark, fds, _, _ = socket.recv_fds(sock, 1, 1, socket.MSG_CMSG_CLOEXEC)
+    sock.settimeout(None)
+    if mark != _HANDOVER_MARK or len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        sock.close()
+        raise daemon.FailedToDropPrivileges(
+            'the privsep helper did not hand over its descriptor socket')
+    box = socket.socket(fileno=fds[0])
+    daemon.set_cloexec(sock)
+    context.channel = daemon._ClientChannel(sock, context)
+    handover.register(context, box)
 
 
 class WrongPeer(Exception):
@@ -173,13 +230,17 @@ def connect_and_serve(context, sock_path, peer_uid=None, peer_gid=None):
         sock.close()
         raise WrongPeer(f'{sock_path} is a socket of uid {uid}, not of '
                         f'uid {peer_uid}')
+    ours, theirs = handover.pair()
+    daemon.set_cloexec(theirs)
+    socket.send_fds(sock, [_HANDOVER_MARK], [ours.fileno()])
+    ours.close()
     if os.fork() != 0:
         return
     # Once sudo's process returns, this daemon's parent is init: records
     # name the process at the other end of the channel instead.
     audit.set_caller(pid)
     try:
-        serve(sock, context)
+        serve(sock, context, theirs)
     finally:
         os._exit(0)
 

@@ -46,16 +46,21 @@ def _sockets(targets):
 
 def test_root_daemons_hold_only_their_own_channel(service, rig):
     """Neither daemon keeps the API's listening socket, nor the other
-    daemon's channel: one socket each, and besides stdio only /dev/null
-    and the audit log they write."""
+    daemon's channel: two sockets each (its privsep channel and its
+    descriptor handover socket), none shared, and besides stdio only
+    /dev/null and the audit log they write."""
     service.json('volume', 'create', 'vm:root', '--pool', 'default',
                  '--size', '1M')
     daemons = sh.children_of(service.pid)
     assert len(daemons) == 2
     allowed = ('/dev/null', f'{service.state_dir}/audit.log')
+    seen = set()
     for pid in daemons:
         targets = rig.fd_targets(pid)
-        assert len(_sockets(targets)) == 1, targets
+        assert len(_sockets(targets)) == 2, targets
+        ours = {targets[fd] for fd in _sockets(targets)}
+        assert not ours & seen, targets
+        seen |= ours
         others = {fd: t for fd, t in targets.items()
                   if fd > 2 and fd not in _sockets(targets)}
         assert all(t in allowed for t in others.values()), targets
@@ -224,6 +229,12 @@ def test_the_sudo_helper_serves_the_guarded_daemon(tmp_path):
     conn, _ = server.accept()
     daemon_pid = struct.unpack('3i', conn.getsockopt(
         socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
+    # First on the connection, before any privsep message: the daemon's
+    # descriptor handover socket (guard.start_through_helper takes it so).
+    mark, fds, _, _ = socket.recv_fds(conn, 1, 1)
+    assert mark == b'H' and len(fds) == 1
+    assert os.fstat(fds[0]).st_mode & 0o170000 == 0o140000   # a socket
+    os.close(fds[0])
     channel = comm.ClientChannel(conn)
     try:
         for name in ('os.system', 'venv.__main__.x', 'venv.__main__.x'):

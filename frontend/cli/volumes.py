@@ -277,7 +277,8 @@ class VolumeImport(_VolumeShow):
                 shown.start(size)
                 info = self.client().import_stream(
                     args.volume, source, size, args.format, shown.advance,
-                    force=args.force, on_sent=shown.committing)
+                    force=args.force, on_sent=shown.committing,
+                    hand_over=True)
         return self.fields(info)
 
 
@@ -398,10 +399,15 @@ class VolumeExport(base.ShowOne):
         if out.isatty():
             raise app.UsageError('refusing to write an image to a terminal; '
                                  'redirect stdout or give a PATH')
+        out.flush()
+        # A pipe can be handed to volsepd; a file stdout may be opened
+        # for appending or be anywhere, so it gets the bytes.
+        pipe = stat.S_ISFIFO(os.fstat(out.fileno()).st_mode)
         with progress.transfer(f'export {args.volume}',
                                args.progress) as shown:
             self.client().export_stream(args.volume, out, args.format,
-                                        shown.advance, on_size=shown.start)
+                                        shown.advance, on_size=shown.start,
+                                        hand_over=out if pipe else None)
         out.flush()
         return (), ()
 
@@ -435,7 +441,7 @@ class VolumeExport(base.ShowOne):
                     sink = _SparseSink(target)
                     size = self.client().export_stream(
                         args.volume, sink, args.format, shown.advance,
-                        on_size=shown.start)
+                        on_size=shown.start, hand_over=target)
                     # Flushing a large file can take long: say so.
                     shown.committing()
                     sink.finish()

@@ -1,0 +1,343 @@
+"""Raw imports and exports by descriptor (issue 12, goal 4): the CLI hands
+its file or pipe to volsepd (SCM_RIGHTS), whose root side copies it in the
+kernel, and treats what it is handed as hostile: only regular files and
+pipes, only with the access they were opened with, never blocking a worker
+forever, and nothing changed on disk by any bad input."""
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from tests import service_helpers as sh
+from tests.test_service import EVERYONE
+
+MiB = 1 << 20
+SIZE = 16 * MiB
+STALL = 2
+ENV = {'PATH': '/usr/bin:/bin'}
+
+
+@pytest.fixture
+def service(rig):
+    state_dir = sh.fresh_state_dir()
+    svc = sh.Service(state_dir, policy=EVERYONE,
+                     extra_args=['--stream-timeout', str(STALL)]).start()
+    svc.json('volume', 'create', 'vm:root', '--pool', 'default', '--size',
+             str(SIZE), '--revisions-to-keep', '0')
+    yield svc
+    if svc.pid is not None:
+        svc.stop()
+    rig.rmtree(state_dir)
+
+
+def _cli(service, *args, input_data=None):
+    proc = subprocess.run(
+        [f'{sh.VENV}/volsep', '--socket', service.socket, *args],
+        input=input_data, capture_output=True, env=ENV, timeout=300)
+    return proc.returncode, proc.stdout, proc.stderr.decode(errors='replace')
+
+
+def _audit_lines(rig, service):
+    log = rig.read(f'{service.state_dir}/audit.log').decode()
+    return [json.loads(line) for line in log.splitlines()]
+
+
+def _calls(rig, service, since):
+    return [r['entrypoint'].rsplit('.', 1)[-1]
+            for r in _audit_lines(rig, service)[since:]]
+
+
+def _volume_dir(service):
+    return os.path.dirname(service.json('volume', 'info', 'vm:root')['path'])
+
+
+def _snapshot(rig, service):
+    return rig.tree(_volume_dir(service)), service.json(
+        'volume', 'info', 'vm:root')
+
+
+class _Raw:
+    """volsepd's protocol by hand, to pass any descriptor at all."""
+
+    def __init__(self, service):
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.connect(service.socket)
+        self.lines = self.sock.makefile('rb')
+
+    def request(self, method, **params):
+        self.sock.sendall(json.dumps({'id': 1, 'method': method,
+                                      'params': params}).encode() + b'\n')
+        return self.reply()
+
+    def reply(self):
+        while True:
+            message = json.loads(self.lines.readline())
+            if 'status' not in message:
+                return message
+
+    def hand_over(self, fd, method='admin.vm.volume.Import', **params):
+        ready = self.request(method, descriptor=True, **params)
+        assert ready['result']['descriptor'] is True, ready
+        socket.send_fds(self.sock, [b'\0'], [fd])
+        return self.reply()
+
+    def close(self):
+        self.lines.close()
+        self.sock.close()
+
+
+def _import_fd(service, fd, size=SIZE):
+    raw = _Raw(service)
+    try:
+        return raw.hand_over(fd, volume='vm:root', size=size, force=True)
+    finally:
+        raw.close()
+
+
+def _export_fd(service, fd):
+    raw = _Raw(service)
+    try:
+        return raw.hand_over(fd, 'admin.vm.volume.Export', volume='vm:root')
+    finally:
+        raw.close()
+
+
+def _seeded(service, tmp_path):
+    data = os.urandom(SIZE)
+    source = tmp_path / 'seed.raw'
+    source.write_bytes(data)
+    rc, _, err = _cli(service, 'volume', 'import', 'vm:root', str(source))
+    assert rc == 0, err
+    return data
+
+
+# -- the descriptor path is taken, and right ------------------------------
+
+def test_file_import_is_one_root_call_with_no_chunks(service, rig,
+                                                     tmp_path):
+    data = os.urandom(SIZE)
+    source = tmp_path / 'image.raw'
+    source.write_bytes(data)
+    since = len(_audit_lines(rig, service))
+    rc, out, err = _cli(service, 'volume', 'import', 'vm:root', str(source),
+                        '-f', 'json')
+    assert rc == 0, err
+    assert json.loads(out)['size'] == SIZE
+    calls = _calls(rig, service, since)
+    assert calls.count('import_from_descriptor') == 1, calls
+    assert 'write_at' not in calls
+    path = service.json('volume', 'info', 'vm:root')['path']
+    assert rig.sha256(path) == hashlib.sha256(data).hexdigest()
+
+
+def test_pipe_import_and_export_go_by_descriptor(service, rig):
+    data = os.urandom(SIZE)
+    since = len(_audit_lines(rig, service))
+    rc, _, err = _cli(service, 'volume', 'import', 'vm:root', '-', '--size',
+                      str(SIZE), input_data=data)
+    assert rc == 0, err
+    rc, out, err = _cli(service, 'volume', 'export', 'vm:root', '-')
+    assert rc == 0, err
+    assert out == data
+    calls = _calls(rig, service, since)
+    assert calls.count('import_from_descriptor') == 1, calls
+    assert calls.count('export_to_descriptor') == 1, calls
+    assert 'write_at' not in calls and 'read_at' not in calls
+
+
+def test_file_export_goes_by_descriptor_and_stays_sparse(service, rig,
+                                                         tmp_path):
+    data = bytearray(SIZE)
+    data[5 * MiB:6 * MiB] = os.urandom(MiB)
+    source = tmp_path / 'mostly-holes.raw'
+    source.write_bytes(bytes(data))
+    rc, _, err = _cli(service, 'volume', 'import', 'vm:root', str(source))
+    assert rc == 0, err
+    since = len(_audit_lines(rig, service))
+    target = tmp_path / 'out.raw'
+    rc, _, err = _cli(service, 'volume', 'export', 'vm:root', str(target))
+    assert rc == 0, err
+    assert target.read_bytes() == bytes(data)
+    assert target.stat().st_blocks * 512 < 4 * MiB
+    assert _calls(rig, service, since).count('export_to_descriptor') == 1
+
+
+# -- hostile descriptors: a clear error, nothing changed --------------------
+
+def _refused(service, rig, fd, expect, size=SIZE, export=False):
+    before = _snapshot(rig, service)
+    reply = _export_fd(service, fd) if export else \
+        _import_fd(service, fd, size)
+    assert 'error' in reply, reply
+    assert expect in reply['error']['message'], reply
+    assert _snapshot(rig, service) == before
+    return reply
+
+
+def test_fifo_that_never_writes_times_out_and_frees_the_worker(
+        service, rig, tmp_path):
+    data = _seeded(service, tmp_path)
+    fifo = tmp_path / 'fifo'
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    writer = os.open(fifo, os.O_WRONLY)   # held open, never written
+    try:
+        started = time.monotonic()
+        reply = _refused(service, rig, reader, 'no data from the pipe')
+        assert reply['error']['class'] == 'Timeout'
+        assert STALL <= time.monotonic() - started < STALL + 20
+    finally:
+        os.close(reader)
+        os.close(writer)
+    # The worker is free again, and the volume as it was.
+    path = service.json('volume', 'info', 'vm:root')['path']
+    assert rig.sha256(path) == hashlib.sha256(data).hexdigest()
+    rc, _, err = _cli(service, 'volume', 'import', 'vm:root', '-', '--size',
+                      str(SIZE), input_data=bytes(SIZE))
+    assert rc == 0, err
+
+
+def test_a_pipe_that_is_never_closed_after_its_data_times_out(service, rig,
+                                                              tmp_path):
+    _seeded(service, tmp_path)
+    r, w = os.pipe()
+    feeder = threading.Thread(target=os.write, args=(w, b'x' * 4096))
+    feeder.start()
+    try:
+        reply = _refused(service, rig, r, 'not closed', size=4096)
+        assert reply['error']['class'] == 'Timeout'
+    finally:
+        feeder.join()
+        os.close(r)
+        os.close(w)
+
+
+def test_a_socket_is_refused(service, rig):
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        _refused(service, rig, ours.fileno(), 'a socket')
+
+
+@pytest.mark.parametrize('flags', [os.O_RDONLY | os.O_DIRECTORY, os.O_PATH],
+                         ids=['O_RDONLY', 'O_PATH'])
+def test_a_directory_is_refused(service, rig, tmp_path, flags):
+    fd = os.open(tmp_path, flags)
+    try:
+        _refused(service, rig, fd, 'O_PATH' if flags == os.O_PATH else
+                 'a directory')
+    finally:
+        os.close(fd)
+
+
+def test_a_write_only_descriptor_cannot_be_imported(service, rig, tmp_path):
+    source = tmp_path / 'data.raw'
+    source.write_bytes(os.urandom(SIZE))
+    fd = os.open(source, os.O_WRONLY)
+    try:
+        _refused(service, rig, fd, 'not open for reading')
+    finally:
+        os.close(fd)
+
+
+def test_a_read_only_descriptor_cannot_be_exported_into(service, rig,
+                                                        tmp_path):
+    _seeded(service, tmp_path)
+    target = tmp_path / 'target.raw'
+    target.write_bytes(b'precious')
+    fd = os.open(target, os.O_RDONLY)
+    try:
+        _refused(service, rig, fd, 'not open for writing', export=True)
+    finally:
+        os.close(fd)
+    assert target.read_bytes() == b'precious'
+
+
+def test_a_file_the_caller_cannot_read_stays_unread(service, rig, tmp_path):
+    directory = f'{sh.fresh_state_dir()}-secret'
+    rig.mkdir(directory)
+    secret = f'{directory}/secret.raw'
+    rig.write(secret, b's' * SIZE, 0o600)   # root's, 0600
+    try:
+        with pytest.raises(PermissionError):
+            os.open(secret, os.O_RDONLY)
+        with pytest.raises(PermissionError):
+            os.open(secret, os.O_WRONLY)
+        # What the caller can get is a descriptor without access.
+        fd = os.open(secret, os.O_PATH)
+        try:
+            _refused(service, rig, fd, 'O_PATH')
+        finally:
+            os.close(fd)
+    finally:
+        rig.rmtree(directory)
+
+
+def test_a_source_truncated_during_the_copy_changes_nothing(service, rig,
+                                                            tmp_path):
+    data = _seeded(service, tmp_path)
+    # One data block every 16 KiB: the copy takes a while (segments).
+    source = tmp_path / 'speckled.raw'
+    with open(source, 'wb') as f:
+        for offset in range(0, SIZE, 16 << 10):
+            os.pwrite(f.fileno(), b'x', offset)
+    fd = os.open(source, os.O_RDONLY)
+    raw = _Raw(service)
+    before = _snapshot(rig, service)
+    try:
+        ready = raw.request('admin.vm.volume.Import', volume='vm:root',
+                            size=SIZE, descriptor=True)
+        assert ready['result']['descriptor'], ready
+        socket.send_fds(raw.sock, [b'\0'], [fd])
+        # Swapped for another file by name, then truncated: the root side
+        # has the descriptor, not the name, and sees the short source.
+        os.rename(source, tmp_path / 'moved.raw')
+        source.write_bytes(b'decoy')
+        os.truncate(tmp_path / 'moved.raw', SIZE // 2)
+        reply = raw.reply()
+    finally:
+        raw.close()
+        os.close(fd)
+    assert 'error' in reply, reply
+    assert reply['error']['class'] == 'InvalidArgument'
+    assert 'source' in reply['error']['message'], reply
+    assert _snapshot(rig, service) == before
+    path = service.json('volume', 'info', 'vm:root')['path']
+    assert rig.sha256(path) == hashlib.sha256(data).hexdigest()
+
+
+def test_short_and_long_files_change_nothing(service, rig, tmp_path):
+    _seeded(service, tmp_path)
+    for length, expect in ((SIZE - 1, 'ended after'), (SIZE + 1, 'longer')):
+        source = tmp_path / f'{length}.raw'
+        source.write_bytes(b'y' * length)
+        fd = os.open(source, os.O_RDONLY)
+        try:
+            _refused(service, rig, fd, expect)
+        finally:
+            os.close(fd)
+
+
+def test_several_descriptors_at_once_are_refused(service, rig, tmp_path):
+    _seeded(service, tmp_path)
+    source = tmp_path / 'a.raw'
+    source.write_bytes(os.urandom(SIZE))
+    raw = _Raw(service)
+    before = _snapshot(rig, service)
+    fds = [os.open(source, os.O_RDONLY) for _ in range(2)]
+    try:
+        raw.request('admin.vm.volume.Import', volume='vm:root', size=SIZE,
+                    descriptor=True)
+        socket.send_fds(raw.sock, [b'\0'], fds)
+        reply = raw.reply()
+    finally:
+        raw.close()
+        for fd in fds:
+            os.close(fd)
+    assert 'exactly one descriptor' in reply['error']['message'], reply
+    assert _snapshot(rig, service) == before
