@@ -8,18 +8,10 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
 from bench import service
 
 AIM_SECONDS = 0.150
-
-
-def _wall(argv):
-    started = time.perf_counter()
-    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
-    return time.perf_counter() - started
 
 
 def _print(label, seconds, baseline):
@@ -49,7 +41,7 @@ def cli_startup(rounds=25):
         for _ in range(rounds):
             # start and stop alternate, so each start finds vm stopped.
             for label, argv in commands.items():
-                samples[label].append(_wall(argv))
+                samples[label].append(service.timed(argv))
         medians = {label: statistics.median(s)
                    for label, s in samples.items()}
         baseline = medians.pop('python3 -c pass (baseline)')
