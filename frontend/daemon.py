@@ -318,10 +318,27 @@ def _report_orphans(manager):
               f'directory)', file=sys.stderr, flush=True)
 
 
+def _channel_down(channel):
+    """Whether a root daemon's channel is gone. oslo.privsep's reader
+    thread fails the calls waiting for a reply only when it reads EOF; a
+    daemon killed with requests still unread makes it read ECONNRESET
+    instead, and it dies leaving those calls waiting for good (and volsepd
+    unable to exit). Fail them as the EOF path would."""
+    if channel is None:
+        return True
+    if channel.running and channel.reader_thread.is_alive():
+        return False
+    with channel.lock:
+        for reply in channel.outstanding_msgs.values():
+            reply.set_exception(OSError('the privileged daemon died'))
+        channel.running = False
+    return True
+
+
 def _privileged_fault(deadline):
     """Why a root daemon can no longer serve, or None."""
     for ctx in contexts.ALL:
-        if ctx.channel is None or not ctx.channel.running:
+        if _channel_down(ctx.channel):
             return 'a privileged daemon died'
         try:
             guard.ping(ctx, deadline)
