@@ -3,6 +3,7 @@
 import sys
 
 from bench import chains
+from bench import chaos
 from bench import confinement
 from bench import hot_path
 from bench import images
@@ -24,6 +25,7 @@ BENCHMARKS = {
     'qemu-img-confinement': confinement.qemu_img,
     'api-cycle': hot_path.api_cycle,
     'concurrent-starts': hot_path.concurrent_starts,
+    'chaos': chaos.chaos,
 }
 
 

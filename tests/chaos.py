@@ -17,6 +17,7 @@ import hashlib
 import os
 import random
 import re
+import shutil
 import signal
 import tempfile
 import threading
@@ -359,7 +360,12 @@ class Chaos:
         for pid in victims:
             rig.kill(pid, signal.SIGKILL)
         self.count('kill', target)
-        status = rig.wait(frontend, 60)
+        try:
+            status = rig.wait(frontend, 60)
+        except Exception:   # subprocess.TimeoutExpired, rebuilt by the rig
+            self.service.stop(signal.SIGKILL)
+            raise model.Violation(f'volsepd did not exit within 60 s of a '
+                                  f'{target} kill') from None
         self.service.pid = None
         self.expect(target == 'daemon' and status == 1 or status == -9,
                     f'volsepd ended with {status} after a {target} kill')
@@ -488,5 +494,6 @@ class Chaos:
         finally:
             if self.service.pid is not None:
                 self.service.stop()
+            shutil.rmtree(self.scratch)
         self.say(f'chaos: {self.summary()}')
         return self.counts
