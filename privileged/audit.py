@@ -99,6 +99,20 @@ def _last_line(fd):
     return lines[-1]
 
 
+def _torn_tail(fd, size):
+    """(offset, bytes) of what follows the last newline: the part of a
+    record whose append was cut short (every whole record ends with one);
+    None if the file ends with a whole record."""
+    if size == 0 or os.pread(fd, 1, size - 1) == b'\n':
+        return None
+    start = max(0, size - _TAIL_BYTES)
+    tail = os.pread(fd, size - start, start)
+    cut = tail.rfind(b'\n') + 1
+    if cut == 0 and start > 0:
+        return None   # no record boundary in reach: leave it to verify
+    return start + cut, tail[cut:]
+
+
 class AuditLog:
     """Appends records to one file shared by both root daemons: the
     sequence number and previous hash come from the file itself, read and
@@ -145,27 +159,51 @@ class AuditLog:
         with self._lock:
             fcntl.flock(self._fd, fcntl.LOCK_EX)
             try:
-                seq, prev = self._chain_end(os.fstat(self._fd).st_size)
-                record['seq'] = seq + 1
-                record['prev'] = prev
-                line = _line(record)
-                data = (line + '\n').encode()
-                size = os.fstat(self._fd).st_size
-                try:
-                    written = os.write(self._fd, data)
-                except OSError:
-                    written = -1
-                if written != len(data):
-                    # A torn line would end the chain for every daemon:
-                    # take back what was written and fail the call.
-                    os.ftruncate(self._fd, size)
-                    raise errors.ConfigurationError(
-                        f'audit log {self._path}: could not append a '
-                        f'record ({written} of {len(data)} bytes)')
-                self._known = (os.fstat(self._fd).st_size, seq + 1,
-                               line_hash(line))
+                self._close_torn_record()
+                self._write(record)
             finally:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def _close_torn_record(self):
+        """A daemon killed (or a host that lost power) in the middle of an
+        append leaves a partial last line, which would end the chain for
+        every later call. Cut it off and say so in the chain itself, with
+        what was cut, so nothing disappears unrecorded."""
+        torn = _torn_tail(self._rfd, os.fstat(self._fd).st_size)
+        if torn is None:
+            return
+        offset, fragment = torn
+        os.ftruncate(self._fd, offset)
+        text = fragment.decode(errors='replace')
+        self._write({
+            'time': datetime.datetime.now(datetime.timezone.utc)
+            .isoformat(timespec='microseconds').replace('+00:00', 'Z'),
+            'entrypoint': 'volsep.privileged.audit.torn_record_removed',
+            'outcome': 'ok', 'offset': offset, 'bytes': len(fragment),
+            'sha256': hashlib.sha256(fragment).hexdigest(),
+            'head': text[:_KEEP]})
+
+    def _write(self, record):
+        """Append one record; the caller holds the flock."""
+        seq, prev = self._chain_end(os.fstat(self._fd).st_size)
+        record['seq'] = seq + 1
+        record['prev'] = prev
+        line = _line(record)
+        data = (line + '\n').encode()
+        size = os.fstat(self._fd).st_size
+        try:
+            written = os.write(self._fd, data)
+        except OSError:
+            written = -1
+        if written != len(data):
+            # A torn line would end the chain for every daemon:
+            # take back what was written and fail the call.
+            os.ftruncate(self._fd, size)
+            raise errors.ConfigurationError(
+                f'audit log {self._path}: could not append a '
+                f'record ({written} of {len(data)} bytes)')
+        self._known = (os.fstat(self._fd).st_size, seq + 1,
+                       line_hash(line))
 
 
 _log = None

@@ -86,3 +86,27 @@ def test_verify_without_flags_checks_the_running_service(service, tmp_path):
     result = service.json('audit', 'verify')
     assert result['ok'] is True and result['lines'] > 5, result
     assert result['verified'] == result['lines']
+
+
+def test_a_record_torn_by_a_kill_is_cut_off_and_recorded(tmp_path):
+    """A daemon SIGKILLed mid-append (or a power loss) leaves a partial
+    last line; it used to end the chain for every later call, so volsepd
+    could never start again. The next append cuts it off and records what
+    it cut, and the chain verifies."""
+    path = str(tmp_path / 'audit.log')
+    log = audit.AuditLog(path)
+    log.ensure_open()
+    log.append({'entrypoint': 'first'})
+    fragment = b'{"entrypoint":"volsep.privileged.files.rena'
+    with open(path, 'ab') as f:
+        f.write(fragment)
+    fresh = audit.AuditLog(path)   # as a restarted daemon
+    fresh.ensure_open()
+    fresh.append({'entrypoint': 'after'})
+    lines = audit.read_lines(path)
+    assert audit.verify_lines(lines) == (True, 3, '')
+    repair = json.loads(lines[1])
+    assert repair['entrypoint'].endswith('torn_record_removed')
+    assert repair['bytes'] == len(fragment)
+    assert repair['head'] == fragment.decode()
+    assert json.loads(lines[2])['entrypoint'] == 'after'
