@@ -27,6 +27,7 @@ import signal
 import socket
 import stat
 import sys
+import threading
 
 from oslo_config import cfg
 from oslo_log import log as logging
@@ -348,6 +349,9 @@ def _privileged_fault(deadline):
     return None
 
 
+_EXIT_GRACE = 5.0   # seconds
+
+
 async def _watch_privileged(stop):
     """A dropped frontend cannot restart a root daemon: if one dies or
     stops answering, stop with an error so the supervisor restarts the
@@ -359,6 +363,13 @@ async def _watch_privileged(stop):
         if fault is not None and not stop.done():
             LOG.error('%s; stopping', fault)
             print(f'volsepd: {fault}; stopping', file=sys.stderr, flush=True)
+            # Calls waiting on a daemon that neither answers nor closes its
+            # channel (one SIGKILLed in an uninterruptible wait) never
+            # return, and exiting waits for their threads: end regardless
+            # after a grace period. The state is crash-safe by design.
+            deadline = threading.Timer(_EXIT_GRACE, os._exit, (1,))
+            deadline.daemon = True
+            deadline.start()
             stop.set_result(1)
             return
         await asyncio.sleep(CONF.privileged_ping_interval)
