@@ -20,6 +20,7 @@ Everything lives under --state-dir unless configured otherwise:
 """
 
 import asyncio
+import concurrent.futures
 import fcntl
 import os
 import pwd
@@ -357,8 +358,12 @@ async def _watch_privileged(stop):
     stops answering, stop with an error so the supervisor restarts the
     whole service."""
     loop = asyncio.get_running_loop()
+    # Its own thread: requests stuck on a dead daemon can fill the default
+    # executor, and the watchdog must still see that daemon is gone.
+    checker = concurrent.futures.ThreadPoolExecutor(
+        1, thread_name_prefix='volsep-watchdog')
     while not stop.done():
-        fault = await loop.run_in_executor(None, _privileged_fault,
+        fault = await loop.run_in_executor(checker, _privileged_fault,
                                            CONF.privileged_ping_timeout)
         if fault is not None and not stop.done():
             LOG.error('%s; stopping', fault)
