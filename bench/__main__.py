@@ -3,6 +3,7 @@
 import sys
 
 from bench import chains
+from bench import chaos
 from bench import cli_startup
 from bench import confinement
 from bench import hot_path
@@ -26,6 +27,7 @@ BENCHMARKS = {
     'api-cycle': hot_path.api_cycle,
     'concurrent-starts': hot_path.concurrent_starts,
     'cli-startup': cli_startup.cli_startup,
+    'chaos': chaos.chaos,
 }
 
 

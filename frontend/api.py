@@ -235,7 +235,8 @@ class Api:
         force = params.get('force', False)
         if type(force) is not bool:
             raise errors.InvalidArgument('force must be true or false')
-        pool = self.manager.volume_info(address)['pool']
+        # Off the event loop: it asks the root side for the volume's files.
+        pool = (await self._run(self.manager.volume_info, address))['pool']
         allowed = self.policy.pool_limit(pool, 'import_formats')
         if allowed is not None and fmt not in allowed:
             raise errors.InvalidArgument(

@@ -20,6 +20,7 @@ Everything lives under --state-dir unless configured otherwise:
 """
 
 import asyncio
+import concurrent.futures
 import fcntl
 import os
 import pwd
@@ -27,6 +28,7 @@ import signal
 import socket
 import stat
 import sys
+import threading
 
 from oslo_config import cfg
 from oslo_log import log as logging
@@ -318,10 +320,27 @@ def _report_orphans(manager):
               f'directory)', file=sys.stderr, flush=True)
 
 
+def _channel_down(channel):
+    """Whether a root daemon's channel is gone. oslo.privsep's reader
+    thread fails the calls waiting for a reply only when it reads EOF; a
+    daemon killed with requests still unread makes it read ECONNRESET
+    instead, and it dies leaving those calls waiting for good (and volsepd
+    unable to exit). Fail them as the EOF path would."""
+    if channel is None:
+        return True
+    if channel.running and channel.reader_thread.is_alive():
+        return False
+    with channel.lock:
+        for reply in channel.outstanding_msgs.values():
+            reply.set_exception(OSError('the privileged daemon died'))
+        channel.running = False
+    return True
+
+
 def _privileged_fault(deadline):
     """Why a root daemon can no longer serve, or None."""
     for ctx in contexts.ALL:
-        if ctx.channel is None or not ctx.channel.running:
+        if _channel_down(ctx.channel):
             return 'a privileged daemon died'
         try:
             guard.ping(ctx, deadline)
@@ -333,17 +352,31 @@ def _privileged_fault(deadline):
     return None
 
 
+_EXIT_GRACE = 5.0   # seconds
+
+
 async def _watch_privileged(stop):
     """A dropped frontend cannot restart a root daemon: if one dies or
     stops answering, stop with an error so the supervisor restarts the
     whole service."""
     loop = asyncio.get_running_loop()
+    # Its own thread: requests stuck on a dead daemon can fill the default
+    # executor, and the watchdog must still see that daemon is gone.
+    checker = concurrent.futures.ThreadPoolExecutor(
+        1, thread_name_prefix='volsep-watchdog')
     while not stop.done():
-        fault = await loop.run_in_executor(None, _privileged_fault,
+        fault = await loop.run_in_executor(checker, _privileged_fault,
                                            CONF.privileged_ping_timeout)
         if fault is not None and not stop.done():
             LOG.error('%s; stopping', fault)
             print(f'volsepd: {fault}; stopping', file=sys.stderr, flush=True)
+            # Calls waiting on a daemon that neither answers nor closes its
+            # channel (one SIGKILLed in an uninterruptible wait) never
+            # return, and exiting waits for their threads: end regardless
+            # after a grace period. The state is crash-safe by design.
+            deadline = threading.Timer(_EXIT_GRACE, os._exit, (1,))
+            deadline.daemon = True
+            deadline.start()
             stop.set_result(1)
             return
         await asyncio.sleep(CONF.privileged_ping_interval)

@@ -6,8 +6,11 @@ import os
 def children(pid='self'):
     pids = []
     for task in os.listdir(f'/proc/{pid}/task'):
-        with open(f'/proc/{pid}/task/{task}/children') as f:
-            pids += [int(p) for p in f.read().split()]
+        try:
+            with open(f'/proc/{pid}/task/{task}/children') as f:
+                pids += [int(p) for p in f.read().split()]
+        except FileNotFoundError:
+            continue   # a thread that ended since the listing
     return pids
 
 

@@ -55,7 +55,9 @@ def spawn(argv, env, log_path):
 @ctx.entrypoint
 def wait(pid, timeout=30):
     """Exit status of a spawned process (negative: killed by signal)."""
-    return _spawned.pop(pid).wait(timeout)
+    status = _spawned[pid].wait(timeout)   # kept for a retry on timeout
+    del _spawned[pid]
+    return status
 
 
 @ctx.entrypoint

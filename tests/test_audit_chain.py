@@ -86,3 +86,26 @@ def test_verify_without_flags_checks_the_running_service(service, tmp_path):
     result = service.json('audit', 'verify')
     assert result['ok'] is True and result['lines'] > 5, result
     assert result['verified'] == result['lines']
+
+
+def test_a_record_torn_by_a_kill_is_ended_and_named(tmp_path):
+    """A daemon SIGKILLed mid-append (or a power loss) leaves a partial
+    last line; it used to end the chain for every later call, so volsepd
+    could never start again. A restarted daemon's next append ends the
+    torn line, names it by length and digest, and the chain verifies."""
+    path = str(tmp_path / 'audit.log')
+    log = audit.AuditLog(path)
+    log.ensure_open()
+    log.append({'entrypoint': 'first'})
+    fragment = '{"entrypoint":"volsep.privileged.files.rena'
+    with open(path, 'a') as f:
+        f.write(fragment)
+    fresh = audit.AuditLog(path)   # as a restarted daemon
+    fresh.ensure_open()
+    fresh.append({'entrypoint': 'after'})
+    lines = audit.read_lines(path)
+    assert audit.verify_lines(lines) == (True, 3, '')
+    assert lines[1] == fragment
+    after = json.loads(lines[2])
+    assert after['entrypoint'] == 'after'
+    assert after['torn'] == audit.torn_marker(fragment)

@@ -257,3 +257,41 @@ def test_the_sudo_helper_serves_the_guarded_daemon(tmp_path):
         except ProcessLookupError:
             pass
         helper.wait(10)
+
+
+def test_calls_waiting_on_a_daemon_killed_with_requests_unread_fail():
+    """Found by tests/test_chaos.py: a root daemon SIGKILLed with a request
+    still unread resets its channel; oslo.privsep's reader thread then dies
+    of ECONNRESET without failing the waiting call, which waited for good
+    and kept volsepd from exiting. The watchdog's check fails it."""
+    import socket
+    import threading
+
+    from oslo_privsep import comm
+
+    from volsep.frontend import daemon
+
+    ours, theirs = socket.socketpair()
+    channel = comm.ClientChannel(ours)
+    outcome = []
+    caller = threading.Thread(target=lambda: outcome.append(
+        _outcome_of(lambda: channel.send_recv(('request',)))))
+    caller.start()
+    while not channel.outstanding_msgs:
+        threading.Event().wait(0.01)
+    theirs.close()   # dies with the request unread: ECONNRESET
+    channel.reader_thread.join(10)
+    assert not channel.reader_thread.is_alive()
+    caller.join(0.5)
+    assert caller.is_alive(), 'oslo.privsep fails the call itself now'
+    assert daemon._channel_down(channel)
+    caller.join(10)
+    assert not caller.is_alive()
+    assert isinstance(outcome[0], OSError), outcome
+
+
+def _outcome_of(call):
+    try:
+        return call()
+    except Exception as err:  # noqa: BLE001 - the outcome is the test
+        return err
