@@ -318,7 +318,10 @@ class DirectoryVolume(base.Volume):
         commits do not change it."""
         _, entry = self._committed(self.listing())
         snapshot = self._path(layout.export())
-        files.clone(self._path(entry['name']), snapshot, self.pool.clone_mode)
+        # Not flushed: a crash loses only the export, whose leftover
+        # tidy() deletes.
+        files.clone(self._path(entry['name']), snapshot, self.pool.clone_mode,
+                    durable=False)
         if fmt == 'raw':
             return {'path': snapshot, 'size': entry['size']}
         try:

@@ -68,12 +68,15 @@ def create(path, size, mode=0o600):
 
 @contexts.file_ops.entrypoint
 @audit.audited
-def clone(src, dst, mode='auto', file_mode=0o600, size=None):
+def clone(src, dst, mode='auto', file_mode=0o600, size=None, durable=True):
     """Make ``dst`` (new) a copy of ``src``: FICLONE, or with ``auto`` or
     ``never`` a hole-preserving byte copy, then optionally set its size.
+    ``durable=False`` skips the flushes, for a copy that a crash may lose
+    (an export's private snapshot, which start-up deletes anyway).
     Returns 'reflink' or 'copy'."""
     validate.choice(mode, validate.CLONE_MODES, 'mode')
     validate.file_mode(file_mode)
+    validate.flag(durable, 'durable')
     if size is not None:
         validate.size(size)
     with paths.regular_file(src, os.O_RDONLY) as (src_fd, st), \
@@ -82,9 +85,11 @@ def clone(src, dst, mode='auto', file_mode=0o600, size=None):
             method = copying.clone_or_copy(src_fd, fd, st.st_size, mode)
             if size is not None:
                 os.ftruncate(fd, size)
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
             paths.publish(fd, parent, name, dst)
-        paths.fsync_directory(parent)
+        if durable:
+            paths.fsync_directory(parent)
     return method
 
 
