@@ -223,3 +223,16 @@ def test_usage_errors_exit_2_with_one_line_and_change_nothing(service, argv):
     assert rc == 2 and len(err.splitlines()) == 1, err
     assert service.json('volume', 'list') == []
     assert [p['name'] for p in service.json('pool', 'list')] == ['default']
+
+
+def test_an_abbreviated_command_is_not_run(service):
+    """Found by a newcomer: cliff ran any unique prefix (`vol list`,
+    `volume rem VOL` as `volume remove VOL`). Only exact names run; an
+    abbreviation is a usage error and changes nothing."""
+    service.json('volume', 'create', 'abbr:root', '--pool', 'default',
+                 '--size', '1M')
+    for argv in (('vol', 'list'), ('volume', 'li'),
+                 ('volume', 'rem', 'abbr:root')):
+        rc, out, err = service.cli(*argv)
+        assert rc == 2 and 'not a volsep command' in err, (argv, rc, err)
+    assert service.json('volume', 'info', 'abbr:root')['size'] == 1 << 20

@@ -80,6 +80,30 @@ def test_export_to_stdout_is_byte_identical_to_export_to_file(
         assert out == expected, formatter
 
 
+@pytest.mark.parametrize('fmt', ['raw', 'qcow2'])
+def test_export_into_a_pipe_closed_early_ends_quietly(service, rig,
+                                                      tmp_path, fmt):
+    """Found by a newcomer: `volume export VOL - | head -c 100` printed
+    InvalidArgument and exited 1 for raw (the root side found the reader
+    gone) while qcow2 ended by SIGPIPE. Both now end by SIGPIPE, as cat
+    does, with nothing on stderr, and the volume is unchanged."""
+    _volume(service, f'pipe{fmt}:root', 8 << 20, os.urandom(8 << 20),
+            tmp_path)
+    before = _content(service, rig, f'pipe{fmt}:root')
+    read_end, write_end = os.pipe()
+    proc = subprocess.Popen(
+        [f'{sh.VENV}/volsep', '--socket', service.socket, 'volume',
+         'export', f'pipe{fmt}:root', '-', '--format', fmt],
+        stdout=write_end, stderr=subprocess.PIPE, env=ENV)
+    os.close(write_end)
+    assert len(os.read(read_end, 100)) == 100
+    os.close(read_end)   # as head does
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGPIPE, err
+    assert err == b''
+    assert _content(service, rig, f'pipe{fmt}:root') == before
+
+
 def test_failed_export_to_stdout_writes_nothing_there(service):
     rc, out, err = _run(service, 'volume', 'export', 'vm:nope', '-', '-f',
                         'json')

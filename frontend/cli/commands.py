@@ -19,3 +19,13 @@ class LazyCommandManager(commandmanager.CommandManager):
             if self.convert_underscores:
                 name = name.replace('_', ' ')
             self.commands[name] = entry_point
+
+    def find_command(self, argv):
+        """Exact command names only: cliff would also run a unique prefix
+        (`volume rem` as `volume remove`, `vol list`), and a typo must
+        never run a command, least of all one that deletes."""
+        for i in range(self._get_last_possible_command_index(argv), 0, -1):
+            name = ' '.join(argv[:i])
+            if name in self.commands:
+                return self.commands[name].load(), name, argv[i:]
+        raise ValueError(f'Unknown command {argv!r}')

@@ -3,6 +3,7 @@
 import argparse
 import contextlib
 import os
+import select
 import signal
 import stat
 import sys
@@ -333,6 +334,21 @@ def _fsync_dir(path):
         os.close(fd)
 
 
+def _reader_gone(fd):
+    """Whether the pipe on ``fd`` has lost its reader (`| head`)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
+
+
+def _end_as_by_sigpipe():
+    """End as a byte-stream export to a closed pipe does (and as cat
+    does): killed by SIGPIPE, with nothing on stderr, whether the root
+    side or this process found the reader gone."""
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGPIPE)
+
+
 class VolumeExport(base.ShowOne):
     """Write a volume's committed content to a file or stdout.
 
@@ -403,11 +419,16 @@ class VolumeExport(base.ShowOne):
         # A pipe can be handed to volsepd; a file stdout may be opened
         # for appending or be anywhere, so it gets the bytes.
         pipe = stat.S_ISFIFO(os.fstat(out.fileno()).st_mode)
-        with progress.transfer(f'export {args.volume}',
-                               args.progress) as shown:
-            self.client().export_stream(args.volume, out, args.format,
-                                        shown.advance, on_size=shown.start,
-                                        hand_over=out if pipe else None)
+        try:
+            with progress.transfer(f'export {args.volume}',
+                                   args.progress) as shown:
+                self.client().export_stream(
+                    args.volume, out, args.format, shown.advance,
+                    on_size=shown.start, hand_over=out if pipe else None)
+        except Exception:
+            if pipe and _reader_gone(out.fileno()):
+                _end_as_by_sigpipe()
+            raise
         out.flush()
         return (), ()
 
