@@ -10,6 +10,7 @@ They run in the long-jobs daemon: a transfer lasts as long as its data,
 and must not occupy the threads quick file calls wait for.
 """
 
+import contextlib
 import os
 
 from volsep.privileged import audit
@@ -50,6 +51,17 @@ def _check_length(st, offset, size):
                                      f'its exact size)')
 
 
+@contextlib.contextmanager
+def _claimed(token, access):
+    """(descriptor, its fstat) handed over under ``token``, checked for
+    ``access``; closed afterwards whatever happens."""
+    fd = handover.claim(token)
+    try:
+        yield fd, descriptors.check(fd, access)
+    finally:
+        os.close(fd)
+
+
 @contexts.long_jobs.entrypoint
 @audit.audited
 def import_from_descriptor(path, token, size, source_offset=0, share=False,
@@ -62,26 +74,22 @@ def import_from_descriptor(path, token, size, source_offset=0, share=False,
     validate.size(source_offset, 'source_offset')
     validate.flag(share, 'share')
     stall = _stall(stall_timeout)
-    fd = handover.claim(token)
-    try:
-        st = descriptors.check(fd, descriptors.READ)
-        with paths.regular_file(path, os.O_WRONLY) as (dst, target):
-            inuse.claim(dst, path)
-            if target.st_size != size:
-                raise errors.InvalidArgument(
-                    f'{path}: is {target.st_size} bytes, not the {size} of '
-                    f'the import')
-            if descriptors.is_pipe(st):
-                kernel_copy.pipe_to_file(fd, dst, size, stall)
-            else:
-                _check_length(st, source_offset, size)
-                kernel_copy.file_to_file(fd, source_offset, dst, 0, size,
-                                         share, True, fd)
-                # Truncated (and perhaps regrown) during the copy: the
-                # copy may have missed data, so it is a short stream.
-                _check_length(os.fstat(fd), source_offset, size)
-    finally:
-        os.close(fd)
+    with _claimed(token, descriptors.READ) as (fd, st), \
+            paths.regular_file(path, os.O_WRONLY) as (dst, target):
+        inuse.claim(dst, path)
+        if target.st_size != size:
+            raise errors.InvalidArgument(
+                f'{path}: is {target.st_size} bytes, not the {size} of '
+                f'the import')
+        if descriptors.is_pipe(st):
+            kernel_copy.pipe_to_file(fd, dst, size, stall)
+        else:
+            _check_length(st, source_offset, size)
+            kernel_copy.file_to_file(fd, source_offset, dst, 0, size,
+                                     share, True, fd)
+            # Truncated (and perhaps regrown) during the copy: the
+            # copy may have missed data, so it is a short stream.
+            _check_length(os.fstat(fd), source_offset, size)
     return size
 
 
@@ -93,20 +101,16 @@ def export_to_descriptor(path, token, share=False, stall_timeout=None):
     byte. Returns the size."""
     validate.flag(share, 'share')
     stall = _stall(stall_timeout)
-    fd = handover.claim(token)
-    try:
-        st = descriptors.check(fd, descriptors.WRITE)
-        with paths.regular_file(path, os.O_RDONLY) as (src, snapshot):
-            inuse.hold(src, path)
-            size = snapshot.st_size
-            if descriptors.is_pipe(st):
-                kernel_copy.file_to_pipe(src, fd, size, stall)
-            else:
-                # Whatever the file held goes: it becomes the image.
-                os.ftruncate(fd, 0)
-                os.ftruncate(fd, size)
-                kernel_copy.file_to_file(src, 0, fd, 0, size, share, False,
-                                         fd)
-    finally:
-        os.close(fd)
+    with _claimed(token, descriptors.WRITE) as (fd, st), \
+            paths.regular_file(path, os.O_RDONLY) as (src, snapshot):
+        inuse.hold(src, path)
+        size = snapshot.st_size
+        if descriptors.is_pipe(st):
+            kernel_copy.file_to_pipe(src, fd, size, stall)
+        else:
+            # Whatever the file held goes: it becomes the image.
+            os.ftruncate(fd, 0)
+            os.ftruncate(fd, size)
+            kernel_copy.file_to_file(src, 0, fd, 0, size, share, False,
+                                     fd)
     return size
