@@ -236,9 +236,9 @@ class Manager:
         a stop removes one, so a stop was under way when the service died
         (its 'stopping' mark may not have reached the disk: marks are not
         flushed, see state.py)."""
-        return any(self._volume(c).lacks_working_copy(
-            self._volume(c).listing(scans[c.pool]))
-            for c in domain.volumes.values())
+        volumes = [self._volume(c) for c in domain.volumes.values()]
+        return any(v.lacks_working_copy(v.listing(scans[v.config.pool]))
+                   for v in volumes)
 
     # -- lookups -----------------------------------------------------------
 
