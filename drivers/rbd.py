@@ -36,8 +36,8 @@ def _meta_of(config):
     return {'kind': config.kind, 'size': str(config.size),
             'rw': 'yes' if config.rw else 'no',
             'revisions_to_keep': str(config.revisions_to_keep),
-            'source': config.source.address if config.source else '',
-            'import': ''}
+            'source': config.source.address if config.source else '-',
+            'import': 'no'}
 
 
 def _monitors(value):
@@ -50,6 +50,11 @@ def _monitors(value):
                 f'monitors must be HOST:PORT[,HOST:PORT...], not {value!r}')
         hosts.append([host, int(port)])
     return hosts
+
+
+def _monitors_option(value):
+    _monitors(value)
+    return value
 
 
 def _uuid(value):
@@ -136,6 +141,14 @@ class RbdVolume(base.Volume):
         return f'rbd:{self._image()}'
 
     def stop(self):
+        try:
+            self._stop()
+        except rbd.OwnershipLost as err:
+            raise errors.OwnershipLost(
+                f'{self.config.address}: {err.message}; nothing was '
+                f'committed') from None
+
+    def _stop(self):
         listing = self.listing()
         if listing is None or listing['owner'] is None:
             return  # not running anywhere: nothing to commit
@@ -146,19 +159,15 @@ class RbdVolume(base.Volume):
                 f'no longer owns it (host {owner[0]} does); nothing was '
                 f'committed')
         host = self.pool.host_id
-        try:
-            if self.config.kind == 'persistent':
-                if self.config.revisions_to_keep >= 0:
-                    data = self._data(listing)
-                    rbd.commit(*self._args, self._current(data) + 1, host)
-                    self._prune()
-            else:
-                rbd.check_owner(*self._args, host)
-                rbd.remove_data(*self._args)
-            rbd.release(*self._args, host)
-        except rbd.OwnershipLost as err:
-            raise errors.OwnershipLost(
-                f'{err.message}; nothing was committed') from None
+        if self.config.kind == 'persistent':
+            if self.config.revisions_to_keep >= 0:
+                data = self._data(listing)
+                rbd.commit(*self._args, self._current(data) + 1, host)
+                self._prune()
+        else:
+            rbd.check_owner(*self._args, host)
+            rbd.remove_data(*self._args)
+        rbd.release(*self._args, host)
 
     def _prune(self, data=None):
         """Drop the oldest revisions beyond revisions_to_keep (the current
@@ -178,12 +187,12 @@ class RbdVolume(base.Volume):
         if listing is None:
             return listing
         data = self._data(listing)
-        if listing['meta'].get('import') and not keep_import:
+        if listing['meta'].get('import') == 'yes' and not keep_import:
             if self._current(data) is not None:
                 rbd.rollback(*self._args, self._current(data))
         meta = _meta_of(self.config)
         if keep_import:
-            meta['import'] = listing['meta'].get('import', '')
+            meta['import'] = listing['meta'].get('import', 'no')
         if {k: listing['meta'].get(k, '') for k in meta} != meta:
             rbd.set_meta(*self._args, meta)
         if self.config.kind == 'persistent' and data:
@@ -207,7 +216,7 @@ class RbdVolume(base.Volume):
     def needs_attention(self, listing, running):
         if listing is None:
             return False
-        return bool(listing['meta'].get('import')) or (
+        return listing['meta'].get('import') == 'yes' or (
             not running and listing['owner'] is not None and
             not self._owned_elsewhere(listing))
 
@@ -284,11 +293,11 @@ class RbdVolume(base.Volume):
     def import_begin(self, size, fmt='raw'):
         listing = self.listing()
         self._check_idle(listing, 'import into')
-        if listing['meta'].get('import'):
+        if listing['meta'].get('import') == 'yes':
             raise errors.VolumeBusy(f'volume {self.config.address} already '
                                     f'has an import pending')
         # Marked first: a crash from here on is rolled back by tidy.
-        rbd.set_meta(*self._args, {'import': '1'})
+        rbd.set_meta(*self._args, {'import': 'yes'})
         rbd.resize_data(*self._args, 0, True)
         rbd.resize_data(*self._args, size)
         return f'rbd:{self._image()}'
@@ -298,7 +307,7 @@ class RbdVolume(base.Volume):
 
     def import_end(self, success, fmt='raw'):
         listing = self.listing()
-        if not listing['meta'].get('import'):
+        if listing['meta'].get('import') != 'yes':
             raise errors.InvalidArgument(
                 f'volume {self.config.address} has no import pending')
         if success:
@@ -306,7 +315,7 @@ class RbdVolume(base.Volume):
             self._commit_head(listing)
         else:
             rbd.rollback(*self._args, self._current(self._data(listing)))
-        rbd.set_meta(*self._args, {'import': ''})
+        rbd.set_meta(*self._args, {'import': 'no'})
 
     def export_begin(self, fmt='raw'):
         data = self._data(self.listing())
@@ -366,7 +375,8 @@ class RbdVolume(base.Volume):
             'is_dirty': kind == 'persistent' and owner is not None,
             'is_outdated': outdated,
             'path': f'rbd:{self._image()}' if data else None,
-            'import_pending': bool(listing and listing['meta'].get('import')),
+            'import_pending': bool(listing) and
+            listing['meta'].get('import') == 'yes',
             'has_working_copy': bool(data) and kind != 'persistent',
             'owner': owner[0] if owner else None,
         }
@@ -405,7 +415,7 @@ class RbdPool(base.Pool):
                             parse=lambda v: validation.name(v, 'host_id')),
         monitors=base.Option('HOST:PORT[,...] of the Ceph monitors, for '
                              'the libvirt <disk> a VM attaches',
-                             required=True, parse=_monitors),
+                             required=True, parse=_monitors_option),
         client_name=base.Option('Ceph client id the hypervisor '
                                 'authenticates as (libvirt <auth '
                                 'username>)', default='volsep',
@@ -426,7 +436,7 @@ class RbdPool(base.Pool):
 
     @property
     def monitors(self):
-        return self.options['monitors']
+        return _monitors(self.options['monitors'])
 
     def setup(self):
         rbd.scan(self.ceph_pool)  # the pool is allowed and reachable
@@ -459,5 +469,6 @@ class RbdPool(base.Pool):
                           'rw': meta['rw'] == 'yes',
                           'revisions_to_keep': int(
                               meta['revisions_to_keep']),
-                          'source': meta['source'] or None})
+                          'source': None if meta['source'] == '-'
+                          else meta['source']})
         return found

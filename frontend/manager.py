@@ -337,7 +337,8 @@ class Manager:
             pool.setup()
             self.pools[name] = pool
             self._save_pools()
-            self._adopt_shared(pool)
+            if hasattr(pool, 'shared_volumes'):
+                self._adopt_shared(pool)
         return self.pool_info(name)
 
     def _adopt_shared(self, pool):

@@ -27,7 +27,9 @@ from volsep.privileged import errors
 from volsep.privileged import validate
 
 NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z')
-META_KEY = re.compile(r'[a-z][a-z_]{0,31}\Z')
+# The keys a volume's anchor records (read one by one: this librbd's
+# Python metadata_list pairs keys with the wrong values after an empty one).
+META_KEYS = ('kind', 'size', 'rw', 'revisions_to_keep', 'source', 'import')
 META_PREFIX = 'volsep.'
 MAX_META_VALUE = 4096
 MAX_GENERATION = 10 ** 18
@@ -204,6 +206,16 @@ def _describe_data(session, name):
                 'parent': parent}
 
 
+def _read_meta(session, anchor):
+    meta = {}
+    for key in META_KEYS:
+        try:
+            meta[key] = anchor.metadata_get(META_PREFIX + key)
+        except KeyError:
+            pass
+    return meta
+
+
 @contexts.file_ops.entrypoint
 @audit.audited
 def scan(pool):
@@ -217,9 +229,7 @@ def scan(pool):
             if not match:
                 continue
             with s.image(name, read_only=True) as anchor:
-                meta = {k[len(META_PREFIX):]: v
-                        for k, v in anchor.metadata_list()
-                        if k.startswith(META_PREFIX)}
+                meta = _read_meta(s, anchor)
                 owner = _owner(anchor.list_lockers())
             if not meta:
                 continue  # not one of volsep's
@@ -234,11 +244,11 @@ def _check_meta(meta):
     if type(meta) is not dict or not meta or len(meta) > 32:
         raise errors.InvalidArgument('metadata must be a non-empty dict')
     for key, value in meta.items():
-        if type(key) is not str or not META_KEY.match(key):
+        if type(key) is not str or key not in META_KEYS:
             raise errors.InvalidArgument(f'metadata key {key!r} is not '
                                          f'valid')
-        if type(value) is not str or len(value) > MAX_META_VALUE or \
-                not value.isprintable():
+        if type(value) is not str or not value or \
+                len(value) > MAX_META_VALUE or not value.isprintable():
             raise errors.InvalidArgument(f'metadata value of {key} is not '
                                          f'valid')
     return meta
@@ -445,8 +455,9 @@ def clone_generation(pool, src_domain, src_volume, generation, domain,
     parent = data_name(src_domain, src_volume)
     child = data_name(domain, volume)
     with _Session(pool) as s:
-        s.rbd.RBD().clone(s.ioctx, parent, snap, s.ioctx, child,
-                          clone_format=2)
+        # Clone v2 (rbd_default_clone_format = 2 in the cluster's conf):
+        # the parent snapshot needs no protection and can be pruned.
+        s.rbd.RBD().clone(s.ioctx, parent, snap, s.ioctx, child)
 
 
 @contexts.file_ops.entrypoint

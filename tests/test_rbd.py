@@ -115,17 +115,19 @@ def _rbd(*args):
                             '--id', 'admin'] + list(args),
                            env={'PATH': '/usr/bin:/bin'})
     assert rc == 0, (args, err)
-    return out
+    return out.decode()
 
 
 def _image_bytes(image, snap=None, size=None):
     from tests import rig
     spec = f'{CEPH["pool"]}/{image}' + (f'@{snap}' if snap else '')
-    path = f'{os.environ["VOLSEP_TEST_WORK"]}/rbd-{uuid.uuid4().hex[:8]}'
-    _rbd('export', '--no-progress', spec, path)
-    data = rig.read(path)
-    rig.unlink(path)
-    return data
+    scratch = f'{os.environ["VOLSEP_TEST_WORK"]}/rbd-{uuid.uuid4().hex[:8]}'
+    rig.mkdir(scratch)
+    try:
+        _rbd('export', '--no-progress', spec, f'{scratch}/image')
+        return rig.read(f'{scratch}/image')
+    finally:
+        rig.rmtree(scratch)
 
 
 def test_the_cluster_runs_with_cephx_and_root_only_keyrings(rig):
@@ -248,7 +250,7 @@ def test_second_host_lists_the_same_volumes_and_cannot_start_them(hosts):
     a.j('volume', 'create', f'{dom}:root', '--pool', 'ceph', '--size', '1M',
         '--revisions-to-keep', '3')
     listed = {v['vid']: v for v in b.j('volume', 'list', '--pool', 'ceph')}
-    assert listed[f'{dom}/root']['size'] == MiB
+    assert listed[f'{dom}:root']['size'] == MiB
     assert b.j('volume', 'info', f'{dom}:root')['revisions_to_keep'] == 3
     a.j('domain', 'start', dom)
     refused = b.fails('domain', 'start', dom)
