@@ -410,8 +410,8 @@ class RbdPool(base.Pool):
                               'allows in ceph_pools)', required=True,
                               parse=lambda v: validation.name(v,
                                                               'ceph_pool')),
-        host_id=base.Option('this host\'s name in the pool\'s ownership '
-                            'locks; unique per host', required=True,
+        host_id=base.Option('name of this host in the ownership locks; '
+                            'unique per host', required=True,
                             parse=lambda v: validation.name(v, 'host_id')),
         monitors=base.Option('HOST:PORT[,...] of the Ceph monitors, for '
                              'the libvirt <disk> a VM attaches',
@@ -422,7 +422,7 @@ class RbdPool(base.Pool):
                                 parse=lambda v: validation.name(
                                     v, 'client_name')),
         secret_uuid=base.Option('UUID of the libvirt secret that holds the '
-                                'client\'s key (never the key itself)',
+                                'key of the client (never the key itself)',
                                 default='', parse=_uuid),
     )
 
