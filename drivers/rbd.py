@@ -59,6 +59,8 @@ def _monitors_option(value):
 
 def _uuid(value):
     import uuid
+    if value == '':
+        return value  # no libvirt secret: a cluster without cephx
     try:
         return str(uuid.UUID(value))
     except ValueError:
@@ -247,9 +249,7 @@ class RbdVolume(base.Volume):
                 f'volume {self.config.address} has no revision {revision}')
         # The reverted-to content becomes a new generation: the current one
         # stays as a revision, so the revert can itself be undone.
-        rbd.rollback(*self._args, target)
-        rbd.commit(*self._args, self._current(data) + 1)
-        self._prune()
+        self._rewrite_head(listing, lambda: rbd.rollback(*self._args, target))
 
     # -- resize, clear, clone ----------------------------------------------
 
@@ -260,9 +260,21 @@ class RbdVolume(base.Volume):
                 rbd.resize_data(*self._args, size, allow_shrink)
             rbd.set_meta(*self._args, {'size': str(size)})
             return
-        rbd.resize_data(*self._args, size, allow_shrink)
-        if not running:
-            self._commit_head(listing)
+        if running:
+            rbd.resize_data(*self._args, size, allow_shrink)
+        else:
+            self._rewrite_head(listing, lambda: rbd.resize_data(
+                *self._args, size, allow_shrink))
+
+    def _rewrite_head(self, listing, change):
+        """Change a stopped volume's head and commit it as the next
+        generation. The head is marked as being rewritten first, so a
+        crash before the commit is rolled back (tidy) and the head never
+        differs from the committed generation while stopped."""
+        rbd.set_meta(*self._args, {'import': 'yes'})
+        change()
+        self._commit_head(listing)
+        rbd.set_meta(*self._args, {'import': 'no'})
 
     def _commit_head(self, listing):
         rbd.commit(*self._args, self._current(self._data(listing)) + 1)
@@ -272,9 +284,11 @@ class RbdVolume(base.Volume):
         listing = self.listing()
         self._check_idle(listing, 'clear')
         size = self._data(listing)['size']
-        rbd.resize_data(*self._args, 0, True)
-        rbd.resize_data(*self._args, size)
-        self._commit_head(listing)
+
+        def zero():
+            rbd.resize_data(*self._args, 0, True)
+            rbd.resize_data(*self._args, size)
+        self._rewrite_head(listing, zero)
 
     def import_from(self, source):
         listing = self.listing()
@@ -283,10 +297,9 @@ class RbdVolume(base.Volume):
                 source.pool.ceph_pool != self.pool.ceph_pool:
             raise errors.NotSupported('rbd clones stay within one Ceph pool')
         generation = source._current(source._data(source.listing()))
-        rbd.copy_generation(self.pool.ceph_pool, source.config.domain,
-                            source.config.name, generation,
-                            self.config.domain, self.config.name)
-        self._commit_head(listing)
+        self._rewrite_head(listing, lambda: rbd.copy_generation(
+            self.pool.ceph_pool, source.config.domain, source.config.name,
+            generation, self.config.domain, self.config.name))
 
     # -- import and export (raw streams) ------------------------------------
 

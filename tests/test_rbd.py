@@ -85,23 +85,26 @@ def hosts(rig):
         made[-1].add_pool()
         return made[-1]
     yield make
+    for host in made:   # stop everything first: ownership crosses hosts
+        for vol in _listed(host):
+            host.service.cli('domain', 'stop', vol['domain'])
     for host in made:
         try:
-            for vol in host.j('volume', 'list', '--pool', 'ceph'):
-                host.service.cli('domain', 'stop', vol['domain'])
-        except AssertionError:
-            pass
-    for host in made:
-        for vol in host.j('volume', 'list', '--pool', 'ceph') \
-                if host.service.pid else ():
-            if vol['kind'] == 'snapshot':
-                host.service.cli('volume', 'remove',
-                                 f'{vol["domain"]}:{vol["name"]}')
-        if host.service.pid:
-            for vol in host.j('volume', 'list', '--pool', 'ceph'):
-                host.service.cli('volume', 'remove',
-                                 f'{vol["domain"]}:{vol["name"]}')
-        host.close()
+            for kind in ('snapshot', 'volatile', 'persistent'):
+                for vol in _listed(host):
+                    if vol['kind'] == kind:
+                        host.service.cli('volume', 'remove',
+                                         f'{vol["domain"]}:{vol["name"]}')
+        finally:
+            host.close()
+
+
+def _listed(host):
+    if host.service.pid is None:
+        return []
+    rc, out, _ = host.service.cli('volume', 'list', '--pool', 'ceph', '-f',
+                                  'json')
+    return json.loads(out) if rc == 0 else []
 
 
 def _domain():
@@ -322,3 +325,128 @@ def test_concurrent_starts_from_both_hosts_exactly_one_wins(hosts):
         assert json.loads(loser[1])['error'] == 'VolumeBusy'
         winner = (a, b)[[rc for rc, _, _ in results].index(0)]
         winner.j('domain', 'stop', dom)
+
+
+# -- crash injection ---------------------------------------------------------
+
+class _Crash(BaseException):
+    """The frontend dies right after a privileged call returned."""
+
+
+MUTATING = ('create', 'set_meta', 'remove', 'acquire', 'release', 'fence',
+            'create_data', 'remove_data', 'resize_data', 'commit',
+            'drop_generation', 'rollback', 'clone_generation',
+            'copy_generation', 'write_at', 'flush')
+
+
+class _Counter:
+    """Counts the mutating rbd calls; with ``crash_at``, the frontend
+    'dies' (raises _Crash, past every handler) right after that call."""
+
+    def __init__(self, monkeypatch, crash_at=None):
+        from volsep.privileged import rbd
+        self.calls = 0
+        for name in MUTATING:
+            original = getattr(rbd, name)
+            monkeypatch.setattr(rbd, name, self._wrap(original, crash_at))
+
+    def _wrap(self, original, crash_at):
+        def call(*args, **kwargs):
+            result = original(*args, **kwargs)
+            self.calls += 1
+            if self.calls == crash_at:
+                raise _Crash()
+            return result
+        return call
+
+
+def _current_bytes(mgr, address):
+    from volsep.privileged import rbd
+    domain, name = address.split(':')
+    entry = rbd.scan(CEPH['pool'])[f'{domain}/{name}']
+    generation = entry['data']['snaps'][-1][0]
+    size = entry['data']['snaps'][-1][1]
+    out = b''
+    while len(out) < size:
+        out += rbd.read_at(CEPH['pool'], domain, name, generation, len(out),
+                           min(4 * MiB, size - len(out)))
+    return out
+
+
+def _prepare(state_dir, dom):
+    from volsep.frontend import manager as manager_module
+    mgr = manager_module.Manager(str(state_dir))
+    mgr.add_pool('ceph', 'rbd', [('ceph_pool', CEPH['pool']),
+                                 ('host_id', 'crash-host'),
+                                 ('monitors', CEPH['monitors'])])
+    mgr.create_volume(f'{dom}:root', 'ceph', MiB, revisions_to_keep=2)
+    mgr.create_volume(f'{dom}:src', 'ceph', MiB)
+    _import(mgr, f'{dom}:src', b's' * MiB)
+    _import(mgr, f'{dom}:root', b'o' * MiB)
+    return mgr
+
+
+def _import(mgr, address, data):
+    mgr.import_begin(address, len(data))
+    mgr.import_write(address, 0, data)
+    mgr.import_end(address)
+
+
+CRASH_OPERATIONS = {
+    'stop': lambda m, d: (m.start_domain(d), m.stop_domain(d)),
+    'import': lambda m, d: _import(m, f'{d}:root', b'n' * MiB),
+    'revert': lambda m, d: m.revert(f'{d}:root'),
+    'clear': lambda m, d: m.clear(f'{d}:root'),
+    'resize': lambda m, d: m.resize(f'{d}:root', 2 * MiB),
+    'clone': lambda m, d: m.clone(f'{d}:src', f'{d}:root'),
+}
+
+
+@pytest.mark.parametrize('op', sorted(CRASH_OPERATIONS))
+def test_crash_after_every_privileged_call_leaves_old_or_new(
+        op, tmp_path, monkeypatch):
+    from volsep.frontend import manager as manager_module
+    from volsep.privileged import rbd
+    assert CEPH.get('pool'), 'no Ceph cluster: run the suite with tests/run'
+    run = CRASH_OPERATIONS[op]
+    reference_dir, dom = tmp_path / 'ref', _domain()
+    mgr = _prepare(reference_dir, dom)
+    old = _current_bytes(mgr, f'{dom}:root')
+    with monkeypatch.context() as patch:
+        counter = _Counter(patch)
+        run(mgr, dom)
+    new = _current_bytes(mgr, f'{dom}:root')
+    total = counter.calls
+    assert total >= 1
+    for address in (f'{dom}:root', f'{dom}:src'):
+        mgr.remove_volume(address)
+    for crash_at in range(1, total + 1):
+        state_dir, dom = tmp_path / f'n{crash_at}', _domain()
+        mgr = _prepare(state_dir, dom)
+        ids_before = [s[0] for s in rbd.scan(CEPH['pool'])[f'{dom}/root']
+                      ['data']['snaps']]
+        with monkeypatch.context() as patch:
+            _Counter(patch, crash_at)
+            with pytest.raises(_Crash):
+                run(mgr, dom)
+        where = f'{op} cut after mutating call {crash_at} of {total}'
+        restarted = manager_module.Manager(str(state_dir))  # a new frontend
+        restarted.reconcile()
+        if restarted.domains[dom].running:
+            restarted.stop_domain(dom)
+        content = _current_bytes(restarted, f'{dom}:root')
+        assert content in (old, new), where
+        # Stopped, the head a VM would attach is the committed content.
+        assert _image_bytes(f'{dom}+root+d') == content, where
+        entry = rbd.scan(CEPH['pool'])[f'{dom}/root']
+        assert entry['meta']['import'] == 'no', where
+        assert entry['owner'] is None, where
+        assert len(entry['data']['snaps']) <= 3, where  # current + 2 kept
+        # A further commit gets an id above every one used before.
+        restarted.start_domain(dom)
+        restarted.stop_domain(dom)
+        ids_after = [s[0] for s in rbd.scan(CEPH['pool'])[f'{dom}/root']
+                     ['data']['snaps']]
+        assert max(ids_after) > max(ids_before), where
+        for address in (f'{dom}:root', f'{dom}:src'):
+            restarted.remove_volume(address)
