@@ -42,3 +42,6 @@ def translated(exc):
     if not (isinstance(cls, type) and issubclass(cls, VolsepError)):
         cls = StorageError
     return cls(str(exc))
+# A host's ownership of a shared (rbd) volume was taken by another host.
+OwnershipLost = type('OwnershipLost', (VolumeBusy,),
+                     {'error_class': 'VolumeBusy'})

@@ -135,6 +135,9 @@ class Api:
                 _param(p, 'volume')), 'volume-removed'),
             'admin.vm.volume.Clear': (lambda p: m.clear(_param(p, 'volume')),
                                       'volume-cleared'),
+            'admin.vm.volume.Release': (lambda p: m.release_volume(
+                _param(p, 'volume'), p.get('force') is True),
+                'volume-released'),
             'admin.vm.volume.CloneFrom': (self._clone_from, None),
             'admin.vm.volume.CloneTo': (self._clone_to, 'volume-cloned'),
             'admin.vm.volume.Set.rw': (lambda p: m.set_volume(

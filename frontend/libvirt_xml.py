@@ -36,6 +36,12 @@ def _source(parent, source):
                                    name=source['name'])
         for host, port in source.get('hosts', ()):
             etree.SubElement(element, 'host', name=host, port=str(port))
+        if source.get('auth'):
+            # The key stays in libvirt's secret store; only its UUID here.
+            auth = etree.SubElement(element, 'auth',
+                                    username=source['auth']['username'])
+            etree.SubElement(auth, 'secret', type='ceph',
+                             uuid=source['auth']['secret_uuid'])
     else:
         raise ValueError(f'unknown source type {kind!r}')
 

@@ -221,7 +221,10 @@ class Manager:
                 with self._volume_lock(config):
                     volume.tidy()
                     if not domain.running:
-                        volume.stop()
+                        try:
+                            volume.stop()
+                        except errors.OwnershipLost as err:
+                            LOG.warning('%s', err.message)
                 tidied = True
             if tidied:  # a chain record may have followed the disk
                 self._save_domain(name)
@@ -334,7 +337,78 @@ class Manager:
             pool.setup()
             self.pools[name] = pool
             self._save_pools()
+            if hasattr(pool, 'shared_volumes'):
+                self._adopt_shared(pool)
         return self.pool_info(name)
+
+    def _adopt_shared(self, pool):
+        """Record the volumes a shared pool (rbd) holds that this service
+        does not know yet, and forget recorded ones the pool no longer has
+        (removed by another host), unless running here."""
+        found = {f'{v["domain"]}/{v["name"]}': v
+                 for v in pool.shared_volumes()}
+        changed = set()
+        with self._lock:
+            for vid in sorted(self._recorded_vids(pool.name) - set(found)):
+                domain_name, name = vid.split('/')
+                domain = self.domains[domain_name]
+                if domain.running:
+                    continue
+                config = domain.volumes.pop(name)
+                if config.source is not None:
+                    self._snapshots[config.source.vid].remove(config)
+                if not domain.volumes:
+                    del self.domains[domain_name]
+                changed.add(domain_name)
+            # Sources first, so a snapshot volume finds its source.
+            for vid, v in sorted(found.items(),
+                                 key=lambda item: bool(item[1]['source'])):
+                domain = self.domains.get(v['domain'])
+                if domain and v['name'] in domain.volumes:
+                    continue
+                source = None
+                if v['source']:
+                    try:
+                        source = self._config(v['source'])
+                    except errors.VolumeNotFound:
+                        continue
+                config = base.VolumeConfig(
+                    domain=v['domain'], name=v['name'], pool=pool.name,
+                    kind=v['kind'], size=v['size'], rw=v['rw'],
+                    revisions_to_keep=v['revisions_to_keep'], source=source)
+                self.domains.setdefault(v['domain'], Domain()).volumes[
+                    v['name']] = config
+                if source is not None:
+                    self._snapshots[source.vid].append(config)
+                changed.add(v['domain'])
+            for domain_name in sorted(changed):
+                self._save_domain(domain_name)
+
+    def _adopt_all_shared(self):
+        for pool in list(self.pools.values()):
+            if hasattr(pool, 'shared_volumes'):
+                self._adopt_shared(pool)
+
+    def release_volume(self, address, force=False):
+        """Free a shared volume another host owns and cannot give back
+        (it died): fence that host, so it never writes the volume again,
+        and break its ownership. Only with ``force``: a live owner loses
+        the volume under its VM."""
+        config = self._config(address)
+        pool = self._pool(config.pool)
+        if not hasattr(pool, 'fence'):
+            raise errors.NotSupported(f'pool {config.pool} (driver '
+                                      f'{pool.driver}) has no owners to '
+                                      f'release')
+        if not force:
+            raise errors.InvalidArgument(
+                f'releasing {address} fences its owner; use --force')
+        if self._running(config):
+            raise errors.VolumeBusy(f'{address} runs on this host; stop '
+                                    f'its domain instead')
+        with self._volume_lock(config):
+            owner = pool.fence(config)
+        return {'volume': address, 'fenced': owner}
 
     def _check_no_overlap(self, pool):
         """A pool's directory may not be another pool's, lie inside one
@@ -637,6 +711,7 @@ class Manager:
             'format': disk.get('format', config.format),
             'path': disk['path'],
             'import_pending': config.vid in self._importing,
+            'owner': disk.get('owner'),
             'damaged': disk.get('damaged'),
         }
 
@@ -648,6 +723,7 @@ class Manager:
                 (domain.volumes.values() if domain else ())]
 
     def list_volumes(self, pool=None, domains=()):
+        self._adopt_all_shared()
         with self._lock:
             configs = [c for name, d in sorted(self.domains.items())
                        if not domains or name in domains
@@ -1063,7 +1139,14 @@ class Manager:
         configs = list(domain.volumes.values())
         if domain.running:
             self.store.mark_stopping(name)
-        self._all(configs, self._stop_one)
+        try:
+            self._all(configs, self._stop_one)
+        except errors.OwnershipLost:
+            # Another host fenced this one: nothing of it was committed,
+            # and here the domain is stopped for good.
+            self.store.mark_stopped(name)
+            domain.running = False
+            raise
         self._save_domain(name)   # a chain driver may have added a layer
         self.store.mark_stopped(name)
         domain.running = False

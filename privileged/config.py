@@ -32,17 +32,27 @@ _OPTS = [
                help='Wall-clock limit for every qemu-img child: one that '
                     'blocks (on a socket, say) is killed, so it can never '
                     'hold a root daemon thread or its files for good.'),
+    cfg.ListOpt('ceph_pools', default=[],
+                help='Ceph pools whose volsep images the root side may '
+                     'touch (the rbd driver); empty: none.'),
+    cfg.StrOpt('ceph_conf', default='/etc/ceph/ceph.conf',
+               help='ceph.conf the root side connects with; it names the '
+                    'monitors and the client\'s keyring (root-only).'),
+    cfg.StrOpt('ceph_client', default='volsep',
+               help='Ceph client id (client.ID) of the root side.'),
 ]
 
 
 class RootConfig:
     def __init__(self, allowed_roots, audit_log, cpu_seconds, as_bytes,
-                 wall_seconds):
+                 wall_seconds, ceph=None):
         self.allowed_roots = allowed_roots
         self.audit_log = audit_log
         self.qemu_img_cpu_seconds = cpu_seconds
         self.qemu_img_address_space = as_bytes
         self.qemu_img_wall_seconds = wall_seconds
+        # (pools, conf path, client id) for the rbd entrypoints.
+        self.ceph = ceph or ((), None, None)
 
 
 _lock = threading.Lock()
@@ -95,7 +105,9 @@ def load():
                 section.audit_log,
                 section.qemu_img_cpu_seconds,
                 section.qemu_img_address_space_mib * 1024 * 1024,
-                section.qemu_img_wall_seconds)
+                section.qemu_img_wall_seconds,
+                (tuple(section.ceph_pools), section.ceph_conf,
+                 section.ceph_client))
         return _loaded
 
 

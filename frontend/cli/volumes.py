@@ -542,6 +542,26 @@ class VolumeClear(_VolumeShow):
                                               volume=args.volume))
 
 
+class VolumeRelease(base.ShowOne):
+    """Free a shared (rbd) volume whose owning host died: fence that host
+    (blocklist its Ceph client) and break its ownership."""
+
+    def get_parser(self, prog_name):
+        parser = super().get_parser(prog_name)
+        _address(parser)
+        parser.add_argument('--force', action='store_true',
+                            help='fence the owner (needed: a live owner '
+                                 'loses the volume)')
+        return parser
+
+    def take_action(self, args):
+        result = self.client().call('admin.vm.volume.Release',
+                                    volume=args.volume, force=args.force)
+        fenced = result['fenced']
+        return (('volume', 'fenced'),
+                (result['volume'], fenced[0] if fenced else None))
+
+
 class VolumeRemove(base.ShowOne):
     """Remove a volume and every file it has."""
 

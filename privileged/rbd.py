@@ -1,0 +1,535 @@
+"""Ceph RBD entrypoints: each does one thing to volsep's images in an
+allowed pool, through librados/librbd (Debian's Python bindings).
+
+The caller names a pool, a domain and a volume, never an image, a path or a
+ceph.conf: the pool must be in the root configuration's `ceph_pools`, the
+names must match the name pattern, and the image names are built here:
+
+    DOMAIN+VOLUME      the anchor: no data, the volume's configuration in
+                       its image metadata and its owner's lock
+    DOMAIN+VOLUME+d    the data: what a hypervisor attaches; committed
+                       generations are its snapshots c1, c2, ...
+
+'+' is in no name, so the mapping is injective and no other image of the
+pool is ever reachable. The cluster connection and the client's keyring
+come from the root configuration alone; the unprivileged side never sees
+either.
+"""
+
+import errno
+import re
+import threading
+
+from volsep.privileged import audit
+from volsep.privileged import config
+from volsep.privileged import contexts
+from volsep.privileged import errors
+from volsep.privileged import validate
+
+NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z')
+# The keys a volume's anchor records (read one by one: this librbd's
+# Python metadata_list pairs keys with the wrong values after an empty one).
+META_KEYS = ('kind', 'size', 'rw', 'revisions_to_keep', 'source', 'import')
+META_PREFIX = 'volsep.'
+MAX_META_VALUE = 4096
+MAX_GENERATION = 10 ** 18
+LOCK_TAG_PREFIX = 'volsep '
+# librados gives up on a monitor or OSD that does not answer after this
+# long, so a wedged cluster cannot hold a root daemon thread for good.
+OP_TIMEOUT = '30'
+# How long a fenced client stays blocklisted (Ceph's own default).
+BLOCKLIST_SECONDS = 3600
+
+
+class OwnershipLost(errors.PrivilegedError):
+    """This host no longer owns the volume: another host fenced it."""
+
+    error_class = 'VolumeBusy'
+
+
+class Owned(errors.PrivilegedError):
+    """Another host owns the volume."""
+
+    error_class = 'VolumeBusy'
+
+
+def _name(value, what):
+    if type(value) is not str or not NAME.match(value):
+        raise errors.InvalidArgument(f'{what} name {value!r} is not valid')
+    return value
+
+
+def _pool(value):
+    _name(value, 'Ceph pool')
+    if value not in config.load().ceph[0]:
+        raise errors.InvalidArgument(
+            f'Ceph pool {value!r} is not allowed by the root configuration')
+    return value
+
+
+def _generation(value):
+    if type(value) is not int or not 0 < value < MAX_GENERATION:
+        raise errors.InvalidArgument(f'generation {value!r} is not valid')
+    return f'c{value}'
+
+
+def anchor_name(domain, volume):
+    return f'{_name(domain, "domain")}+{_name(volume, "volume")}'
+
+
+def data_name(domain, volume):
+    return anchor_name(domain, volume) + '+d'
+
+
+_ANCHOR = re.compile(r'([A-Za-z0-9][A-Za-z0-9_.-]{0,63})\+'
+                     r'([A-Za-z0-9][A-Za-z0-9_.-]{0,63})\Z')
+_SNAP = re.compile(r'c([1-9][0-9]{0,17})\Z')
+
+
+class _Cluster:
+    """One connection per daemon, made on first use; dropped when the
+    cluster has shut this client out (blocklisted), so later calls get a
+    new identity while a call about a fenced volume still fails."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._rados = None
+
+    def get(self):
+        import rados
+        with self._lock:
+            if self._rados is None:
+                _, conf, client = config.load().ceph
+                cluster = rados.Rados(conffile=conf, rados_id=client)
+                cluster.conf_set('rados_osd_op_timeout', OP_TIMEOUT)
+                cluster.conf_set('rados_mon_op_timeout', OP_TIMEOUT)
+                cluster.connect(timeout=int(OP_TIMEOUT))
+                self._rados = cluster
+            return self._rados
+
+    def drop(self, cluster):
+        with self._lock:
+            if self._rados is cluster:
+                self._rados = None
+        try:
+            cluster.shutdown()
+        except Exception:
+            pass
+
+
+_cluster = _Cluster()
+
+
+class _Session:
+    """An open pool for one entrypoint call, translating librados and
+    librbd errors into volsep's."""
+
+    def __init__(self, pool):
+        self.pool = _pool(pool)
+
+    def __enter__(self):
+        import rbd
+        self.rbd = rbd
+        self.cluster = _cluster.get()
+        try:
+            self.ioctx = self.cluster.open_ioctx(self.pool)
+        except Exception as err:
+            self._fail(err)
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if hasattr(self, 'ioctx'):
+            self.ioctx.close()
+        if exc is not None and not isinstance(exc, errors.PrivilegedError):
+            self._fail(exc)
+
+    def _fail(self, err):
+        code = getattr(err, 'errno', None)
+        if code in (errno.ESHUTDOWN, 108):
+            _cluster.drop(self.cluster)
+            raise OwnershipLost(
+                f'this host was fenced (blocklisted) by the Ceph cluster: '
+                f'{err}') from None
+        if code == errno.ENOENT:
+            raise errors.NotFound(f'Ceph: {err}') from None
+        if code == errno.EEXIST:
+            raise errors.AlreadyExists(f'Ceph: {err}') from None
+        if code == errno.EBUSY:
+            raise errors.InUse(f'Ceph: {err}') from None
+        if code == errno.ENOSPC:
+            raise errors.NoSpace(f'Ceph: {err}') from None
+        raise errors.PrivilegedError(f'Ceph: {type(err).__name__}: {err}') \
+            from None
+
+    def image(self, name, snapshot=None, read_only=False):
+        return self.rbd.Image(self.ioctx, name, snapshot=snapshot,
+                              read_only=read_only)
+
+    def me(self):
+        return f'client.{self.cluster.get_instance_id()}'
+
+
+def _owner(lockers):
+    """(host, client, address) of an anchor's lock, or None."""
+    for client, cookie, address in lockers.get('lockers', ()) if lockers \
+            else ():
+        host = cookie[len(LOCK_TAG_PREFIX):] if cookie.startswith(
+            LOCK_TAG_PREFIX) else cookie
+        return [host, client, address]
+    return None
+
+
+def _snapshots(image):
+    found = []
+    for snap in image.list_snaps():
+        match = _SNAP.match(snap['name'])
+        if match and snap.get('namespace', 0) == 0:
+            found.append([int(match.group(1)), snap['size'],
+                          image.get_snap_timestamp(snap['id']).strftime(
+                              '%Y-%m-%dT%H:%M:%SZ')])
+    return sorted(found)
+
+
+def _describe_data(session, name):
+    try:
+        image = session.image(name, read_only=True)
+    except session.rbd.ImageNotFound:
+        return None
+    with image:
+        parent = None
+        try:
+            info = image.get_parent_image_spec()
+            parent = [info['image_name'], info['snap_name']]
+        except session.rbd.ImageNotFound:
+            pass
+        return {'size': image.size(), 'snaps': _snapshots(image),
+                'parent': parent}
+
+
+def _read_meta(session, anchor):
+    meta = {}
+    for key in META_KEYS:
+        try:
+            meta[key] = anchor.metadata_get(META_PREFIX + key)
+        except KeyError:
+            pass
+    return meta
+
+
+@contexts.file_ops.entrypoint
+@audit.audited
+def scan(pool):
+    """Every volsep volume of ``pool``: {'DOMAIN/VOLUME': {meta, owner,
+    data}}; ``data`` is None without a data image."""
+    with _Session(pool) as s:
+        names = set(s.rbd.RBD().list(s.ioctx))
+        result = {}
+        for name in sorted(names):
+            match = _ANCHOR.match(name)
+            if not match:
+                continue
+            with s.image(name, read_only=True) as anchor:
+                meta = _read_meta(s, anchor)
+                owner = _owner(anchor.list_lockers())
+            if not meta:
+                continue  # not one of volsep's
+            result[f'{match.group(1)}/{match.group(2)}'] = {
+                'meta': meta, 'owner': owner,
+                'data': _describe_data(s, name + '+d')
+                if name + '+d' in names else None}
+        return result
+
+
+def _check_meta(meta):
+    if type(meta) is not dict or not meta or len(meta) > 32:
+        raise errors.InvalidArgument('metadata must be a non-empty dict')
+    for key, value in meta.items():
+        if type(key) is not str or key not in META_KEYS:
+            raise errors.InvalidArgument(f'metadata key {key!r} is not '
+                                         f'valid')
+        if type(value) is not str or not value or \
+                len(value) > MAX_META_VALUE or not value.isprintable():
+            raise errors.InvalidArgument(f'metadata value of {key} is not '
+                                         f'valid')
+    return meta
+
+
+@contexts.file_ops.entrypoint
+@audit.audited
+def create(pool, domain, volume, meta):
+    """Make a volume's anchor, carrying ``meta``; refuses an existing one."""
+    name = anchor_name(domain, volume)
+    _check_meta(meta)
+    with _Session(pool) as s:
+        # Layering only: no exclusive-lock feature, whose automatic lock
+        # would fight the advisory ownership lock on the same image.
+        s.rbd.RBD().create(s.ioctx, name, 0, old_format=False,
+                           features=s.rbd.RBD_FEATURE_LAYERING)
+        with s.image(name) as anchor:
+            for key, value in sorted(meta.items()):
+                anchor.metadata_set(META_PREFIX + key, value)
+
+
+@contexts.file_ops.entrypoint
+@audit.audited
+def set_meta(pool, domain, volume, meta):
+    name = anchor_name(domain, volume)
+    _check_meta(meta)
+    with _Session(pool) as s, s.image(name) as anchor:
+        for key, value in sorted(meta.items()):
+            anchor.metadata_set(META_PREFIX + key, value)
+
+
+@contexts.file_ops.entrypoint
+@audit.audited
+def remove(pool, domain, volume):
+    """Remove a volume: its data image (with its snapshots), then its
+    anchor. Refused, changing nothing, while any host owns it or while a
+    snapshot volume is cloned from it."""
+    name = anchor_name(domain, volume)
+    with _Session(pool) as s:
+        with s.image(name, read_only=True) as anchor:
+            owner = _owner(anchor.list_lockers())
+        if owner:
+            raise Owned(f'{domain}:{volume} is owned by host {owner[0]}')
+        _remove_data(s, name + '+d')
+        s.rbd.RBD().remove(s.ioctx, name)
+
+
+def _remove_data(session, name):
+    try:
+        image = session.image(name)
+    except session.rbd.ImageNotFound:
+        return
+    with image:
+        if list(image.list_children2()):
+            raise errors.InUse(f'{name} has clones (snapshot volumes)')
+        for snap in image.list_snaps():
+            if snap.get('namespace', 0) == 0:
+                image.remove_snap(snap['name'])
+    session.rbd.RBD().remove(session.ioctx, name)
+
+
+# -- ownership ---------------------------------------------------------------
+
+@contexts.file_ops.entrypoint
+@audit.audited
+def acquire(pool, domain, volume, host):
+    """Take the volume for ``host`` (an exclusive advisory lock on its
+    anchor, cookie naming the host). Already ours: nothing to do."""
+    name = anchor_name(domain, volume)
+    cookie = LOCK_TAG_PREFIX + _name(host, 'host')
+    with _Session(pool) as s, s.image(name) as anchor:
+        try:
+            anchor.lock_exclusive(cookie)
+        except (s.rbd.ImageBusy, s.rbd.ImageExists):
+            owner = _owner(anchor.list_lockers())
+            if owner and owner[0] == host and owner[1] == s.me():
+                return owner
+            raise Owned(f'{domain}:{volume} is running on host '
+                        f'{owner[0] if owner else "?"} ({owner[1] if owner else "?"}'
+                        f' at {owner[2] if owner else "?"})') from None
+        return _owner(anchor.list_lockers())
+
+
+def _check_ours(session, anchor, domain, volume, host):
+    owner = _owner(anchor.list_lockers())
+    if owner is None or owner[0] != host or owner[1] != session.me():
+        holder = f'host {owner[0]}' if owner else 'nobody'
+        raise OwnershipLost(
+            f'{domain}:{volume}: this host ({host}) lost its ownership; '
+            f'it is now held by {holder}')
+    return owner
+
+
+@contexts.file_ops.entrypoint
+@audit.audited
+def check_owner(pool, domain, volume, host):
+    """Refuse (OwnershipLost) unless this daemon still owns the volume."""
+    name = anchor_name(domain, volume)
+    _name(host, 'host')
+    with _Session(pool) as s, s.image(name, read_only=True) as anchor:
+        return _check_ours(s, anchor, domain, volume, host)
+
+
+@contexts.file_ops.entrypoint
+@audit.audited
+def release(pool, domain, volume, host):
+    """Give up this host's ownership; OwnershipLost if it was not ours."""
+    name = anchor_name(domain, volume)
+    _name(host, 'host')
+    with _Session(pool) as s, s.image(name) as anchor:
+        _check_ours(s, anchor, domain, volume, host)
+        anchor.unlock(LOCK_TAG_PREFIX + host)
+
+
+@contexts.file_ops.entrypoint
+@audit.audited
+def fence(pool, domain, volume):
+    """Free a volume whose owner is gone: blocklist the owner's client, so
+    it can never write to the cluster again, then break its lock. Returns
+    the fenced owner (None if nobody owned it)."""
+    name = anchor_name(domain, volume)
+    with _Session(pool) as s, s.image(name) as anchor:
+        owner = _owner(anchor.list_lockers())
+        if owner is None:
+            return None
+        s.cluster.blocklist_add(owner[2], BLOCKLIST_SECONDS)
+        cookie = anchor.list_lockers()['lockers'][0][1]
+        anchor.break_lock(owner[1], cookie)
+        return owner
+
+
+# -- data --------------------------------------------------------------------
+
+@contexts.file_ops.entrypoint
+@audit.audited
+def create_data(pool, domain, volume, size):
+    name = data_name(domain, volume)
+    validate.size(size)
+    with _Session(pool) as s:
+        s.rbd.RBD().create(s.ioctx, name, size, old_format=False)
+
+
+@contexts.file_ops.entrypoint
+@audit.audited
+def remove_data(pool, domain, volume):
+    with _Session(pool) as s:
+        _remove_data(s, data_name(domain, volume))
+
+
+@contexts.file_ops.entrypoint
+@audit.audited
+def resize_data(pool, domain, volume, size, allow_shrink=False):
+    name = data_name(domain, volume)
+    validate.size(size)
+    validate.flag(allow_shrink, 'allow_shrink')
+    with _Session(pool) as s, s.image(name) as image:
+        if size < image.size() and not allow_shrink:
+            raise errors.InvalidArgument('shrinking needs allow_shrink')
+        image.resize(size, allow_shrink=allow_shrink)
+
+
+@contexts.file_ops.entrypoint
+@audit.audited
+def commit(pool, domain, volume, generation, host=None):
+    """Snapshot the data image as committed generation ``generation``;
+    with ``host``, only while that host (this daemon) owns the volume."""
+    snap = _generation(generation)
+    name = data_name(domain, volume)
+    with _Session(pool) as s:
+        if host is not None:
+            with s.image(anchor_name(domain, volume),
+                         read_only=True) as anchor:
+                _check_ours(s, anchor, domain, volume, _name(host, 'host'))
+        with s.image(name) as image:
+            image.create_snap(snap)
+
+
+@contexts.file_ops.entrypoint
+@audit.audited
+def drop_generation(pool, domain, volume, generation):
+    """Remove a committed generation; a snapshot volume's clone of it keeps
+    its data (clone v2 moves it to the trash namespace)."""
+    snap = _generation(generation)
+    with _Session(pool) as s, s.image(data_name(domain, volume)) as image:
+        image.remove_snap(snap)
+
+
+@contexts.file_ops.entrypoint
+@audit.audited
+def rollback(pool, domain, volume, generation):
+    """Make the data image's head the content of a generation."""
+    snap = _generation(generation)
+    with _Session(pool) as s, s.image(data_name(domain, volume)) as image:
+        image.rollback_to_snap(snap)
+
+
+@contexts.file_ops.entrypoint
+@audit.audited
+def clone_generation(pool, src_domain, src_volume, generation, domain,
+                     volume):
+    """Make a volume's data image a copy-on-write clone of another
+    volume's committed generation (a snapshot volume's start)."""
+    snap = _generation(generation)
+    parent = data_name(src_domain, src_volume)
+    child = data_name(domain, volume)
+    with _Session(pool) as s:
+        # Clone v2 (rbd_default_clone_format = 2 in the cluster's conf):
+        # the parent snapshot needs no protection and can be pruned.
+        s.rbd.RBD().clone(s.ioctx, parent, snap, s.ioctx, child)
+
+
+@contexts.file_ops.entrypoint
+@audit.audited
+def copy_generation(pool, src_domain, src_volume, generation, domain,
+                    volume):
+    """Write another volume's committed generation over this volume's data
+    head, allocated extents only (a clone between volumes)."""
+    snap = _generation(generation)
+    with _Session(pool) as s, \
+            s.image(data_name(src_domain, src_volume), snapshot=snap,
+                    read_only=True) as src, \
+            s.image(data_name(domain, volume)) as dst:
+        size = src.size()
+        dst.resize(size, allow_shrink=True)
+        dst.discard(0, size)
+
+        def copy(offset, length, exists):
+            if exists:
+                done = 0
+                while done < length:
+                    step = min(validate.MAX_CHUNK, length - done)
+                    dst.write(src.read(offset + done, step), offset + done)
+                    done += step
+            return 0
+        src.diff_iterate(0, size, None, copy, include_parent=True,
+                         whole_object=False)
+        dst.flush()
+
+
+@contexts.file_ops.entrypoint
+@audit.audited
+def write_at(pool, domain, volume, offset, data):
+    validate.size(offset, 'offset')
+    if type(data) is not bytes or len(data) > validate.MAX_CHUNK:
+        raise errors.InvalidArgument('data must be bytes of at most '
+                                     f'{validate.MAX_CHUNK}')
+    with _Session(pool) as s, s.image(data_name(domain, volume)) as image:
+        if offset + len(data) > image.size():
+            raise errors.InvalidArgument('write beyond the image')
+        if data.count(0) == len(data):
+            image.discard(offset, len(data))  # keep the image sparse
+        else:
+            image.write(data, offset)
+        return len(data)
+
+
+@contexts.file_ops.entrypoint
+@audit.audited
+def read_at(pool, domain, volume, generation, offset, length):
+    snap = _generation(generation)
+    validate.size(offset, 'offset')
+    if type(length) is not int or not 0 <= length <= validate.MAX_CHUNK:
+        raise errors.InvalidArgument('length is out of range')
+    with _Session(pool) as s, \
+            s.image(data_name(domain, volume), snapshot=snap,
+                    read_only=True) as image:
+        return image.read(offset, max(min(length, image.size() - offset), 0))
+
+
+@contexts.file_ops.entrypoint
+@audit.audited
+def flush(pool, domain, volume):
+    with _Session(pool) as s, s.image(data_name(domain, volume)) as image:
+        image.flush()
+
+
+@contexts.file_ops.entrypoint
+@audit.audited
+def usage(pool):
+    """{'size', 'used', 'free'} of the cluster, in bytes."""
+    with _Session(pool) as s:
+        stats = s.cluster.get_cluster_stats()
+        return {'size': stats['kb'] * 1024, 'used': stats['kb_used'] * 1024,
+                'free': stats['kb_avail'] * 1024}

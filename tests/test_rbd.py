@@ -1,0 +1,452 @@
+"""The rbd driver on the real single-node Ceph cluster tests/run starts
+(tests/ceph-cluster): two volsep services with separate state
+directories act as two hosts sharing one Ceph pool.
+
+Nothing here skips: without the cluster every test fails."""
+
+import concurrent.futures
+import json
+import os
+import signal
+import subprocess
+import uuid
+
+import pytest
+from lxml import etree
+
+from tests import service_helpers as sh
+
+MiB = 1 << 20
+TEST_USER = os.environ.get('VOLSEP_TEST_USER', 'volsep-test')
+EVERYONE = {'rules': [{'users': ['root', TEST_USER, 'volsep'],
+                       'allow': ['*']}]}
+CEPH = dict(item.split('=', 1)
+            for item in os.environ.get('VOLSEP_TEST_CEPH', '').split())
+SECRET = '3a5b6c7d-1111-4222-8333-944455556666'
+
+
+def _root_config(state_dir):
+    """Each service's root configuration: its own pool root and audit log,
+    and the shared Ceph pool."""
+    with open(os.environ['VOLSEP_PRIVILEGED_CONFIG']) as f:
+        shared = f.read()
+    ceph = [line for line in shared.splitlines()
+            if line.startswith('ceph_')]
+    assert ceph, 'tests/run wrote no Ceph settings: the cluster is missing'
+    return ('[privileged]\n'
+            f'allowed_roots = {state_dir}/pools\n'
+            f'audit_log = {state_dir}/audit.log\n' + '\n'.join(ceph) + '\n')
+
+
+class Host:
+    """One volsep service standing for one compute host."""
+
+    def __init__(self, rig, name):
+        self.rig = rig
+        self.name = name
+        self.state_dir = sh.fresh_state_dir()
+        self.conf = f'{self.state_dir}.privileged.conf'
+        rig.write(self.conf, _root_config(self.state_dir).encode(), 0o644)
+        self.service = sh.Service(self.state_dir, policy=EVERYONE,
+                                  extra_args=['--privileged-config',
+                                              self.conf])
+
+    def start(self):
+        self.service.start()
+        return self
+
+    def add_pool(self, pool='ceph'):
+        return self.service.json(
+            'pool', 'add', pool, 'rbd', '-o', f'ceph_pool={CEPH["pool"]}',
+            '-o', f'host_id={self.name}', '-o',
+            f'monitors={CEPH["monitors"]}', '-o', f'secret_uuid={SECRET}')
+
+    def j(self, *args):
+        return self.service.json(*args)
+
+    def fails(self, *args):
+        rc, out, err = self.service.cli(*args, '-f', 'json')
+        assert rc == 1, (args, rc, out, err)
+        return json.loads(out)
+
+    def close(self):
+        if self.service.pid is not None:
+            self.service.stop()
+        self.rig.rmtree(self.state_dir)
+
+
+@pytest.fixture
+def hosts(rig):
+    assert CEPH.get('pool'), 'no Ceph cluster: run the suite with tests/run'
+    made = []
+
+    def make(name):
+        made.append(Host(rig, name).start())
+        made[-1].add_pool()
+        return made[-1]
+    yield make
+    for host in made:   # stop everything first: ownership crosses hosts
+        for vol in _listed(host):
+            host.service.cli('domain', 'stop', vol['domain'])
+    for host in made:
+        try:
+            for kind in ('snapshot', 'volatile', 'persistent'):
+                for vol in _listed(host):
+                    if vol['kind'] == kind:
+                        host.service.cli('volume', 'remove',
+                                         f'{vol["domain"]}:{vol["name"]}')
+        finally:
+            host.close()
+
+
+def _listed(host):
+    if host.service.pid is None:
+        return []
+    rc, out, _ = host.service.cli('volume', 'list', '--pool', 'ceph', '-f',
+                                  'json')
+    return json.loads(out) if rc == 0 else []
+
+
+def _domain():
+    return f'vm{uuid.uuid4().hex[:8]}'
+
+
+def _rbd(*args):
+    """The rbd CLI as the cluster's admin (root side of the test rig)."""
+    from tests import rig
+    rc, out, err = rig.run(['/usr/bin/rbd', '-c', CEPH['conf'],
+                            '--id', 'admin'] + list(args),
+                           env={'PATH': '/usr/bin:/bin'})
+    assert rc == 0, (args, err)
+    return out.decode()
+
+
+def _image_bytes(image, snap=None, size=None):
+    from tests import rig
+    spec = f'{CEPH["pool"]}/{image}' + (f'@{snap}' if snap else '')
+    scratch = f'{os.environ["VOLSEP_TEST_WORK"]}/rbd-{uuid.uuid4().hex[:8]}'
+    rig.mkdir(scratch)
+    try:
+        _rbd('export', '--no-progress', spec, f'{scratch}/image')
+        return rig.read(f'{scratch}/image')
+    finally:
+        rig.rmtree(scratch)
+
+
+def test_the_cluster_runs_with_cephx_and_root_only_keyrings(rig):
+    assert CEPH.get('conf'), 'no Ceph cluster: run the suite with tests/run'
+    ceph_dir = os.path.dirname(CEPH['conf'])
+    for name in ('keyring.admin', 'keyring.volsep'):
+        st = rig.lstat(f'{ceph_dir}/{name}')
+        assert st['uid'] == 0 and st['mode'] & 0o777 == 0o600
+        with pytest.raises(PermissionError):
+            open(f'{ceph_dir}/{name}', 'rb')
+    conf = open(CEPH['conf']).read()
+    assert 'auth_client_required = cephx' in conf
+    _rbd('ls', CEPH['pool'])
+
+
+def test_root_side_refuses_pools_and_names_outside_its_allow_list():
+    from volsep.privileged import errors as root_errors
+    from volsep.privileged import rbd
+    with pytest.raises(root_errors.InvalidArgument, match='not allowed'):
+        rbd.scan('rbd')
+    with pytest.raises(root_errors.InvalidArgument, match='not allowed'):
+        rbd.create('volsep2', 'vm', 'root', {'kind': 'persistent'})
+    for domain, volume in (('../x', 'v'), ('a/b', 'v'), ('vm', 'a+b'),
+                           ('vm', 'x@snap'), ('', 'v'), ('vm', 'v' * 65)):
+        with pytest.raises(root_errors.InvalidArgument):
+            rbd.create('volsep', domain, volume, {'kind': 'persistent'})
+    for bad in ({}, {'Kind': 'x'}, {'kind': 'x\n'}, {'kind': 1}):
+        with pytest.raises(root_errors.InvalidArgument):
+            rbd.create('volsep', 'vm', 'bad', bad)
+    with pytest.raises(root_errors.InvalidArgument):
+        rbd.commit('volsep', 'vm', 'root', 0)
+    with pytest.raises(root_errors.InvalidArgument):
+        rbd.create_data('volsep', 'vm', 'root', -1)
+    assert 'vm/bad' not in rbd.scan('volsep')
+
+
+def test_persistent_volume_commits_revisions_and_reverts(hosts, tmp_path):
+    a = hosts('host-a')
+    dom = _domain()
+    a.j('volume', 'create', f'{dom}:root', '--pool', 'ceph', '--size', '4M',
+        '--revisions-to-keep', '2')
+    payload = os.urandom(MiB) + bytes(3 * MiB)
+    src = tmp_path / 'in.raw'
+    src.write_bytes(payload)
+    a.j('volume', 'import', f'{dom}:root', str(src))
+    out = tmp_path / 'out.raw'
+    a.service.cli('volume', 'export', f'{dom}:root', str(out))
+    assert out.read_bytes() == payload
+    compare = subprocess.run(['/usr/bin/qemu-img', 'compare', '-f', 'raw',
+                              '-F', 'raw', str(src), str(out)],
+                             capture_output=True)
+    assert compare.returncode == 0, compare.stdout
+    started = a.j('domain', 'start', dom)
+    image = f'{dom}+root+d'
+    assert started == [{'volume': 'root', 'path':
+                        f'rbd:{CEPH["pool"]}/{image}', 'format': 'raw',
+                        'rw': True}]
+    assert a.j('volume', 'info', f'{dom}:root')['owner'] == 'host-a'
+    a.j('domain', 'stop', dom)
+    ids = [r['id'] for r in a.j('volume', 'revisions', f'{dom}:root')]
+    assert ids == [1, 2]   # creation, import; the stop made 3, current
+    a.j('volume', 'revert', f'{dom}:root', '1')
+    assert _image_bytes(image) == bytes(4 * MiB)
+    ids = [r['id'] for r in a.j('volume', 'revisions', f'{dom}:root')]
+    assert ids == [2, 3]   # revision ids only grow; 4 is current
+    a.j('volume', 'revert', f'{dom}:root')  # undo: back to 3's content
+    assert _image_bytes(image) == payload
+
+
+def test_snapshot_and_volatile_volumes(hosts):
+    a = hosts('host-a')
+    dom, src = _domain(), _domain()
+    a.j('volume', 'create', f'{src}:root', '--pool', 'ceph', '--size', '2M')
+    a.j('volume', 'create', f'{dom}:root', '--pool', 'ceph', '--kind',
+        'snapshot', '--source', f'{src}:root')
+    a.j('volume', 'create', f'{dom}:swap', '--pool', 'ceph', '--kind',
+        'volatile', '--size', '1M')
+    paths = {v['volume']: v['path'] for v in a.j('domain', 'start', dom)}
+    assert paths['root'].endswith(f'/{dom}+root+d')
+    info = a.j('volume', 'info', f'{dom}:root')
+    assert info['size'] == 2 * MiB and not info['is_outdated']
+    a.j('volume', 'clear', f'{src}:root')   # a new generation of the source
+    assert a.j('volume', 'info', f'{dom}:root')['is_outdated']
+    a.j('domain', 'stop', dom)
+    images = _rbd('ls', CEPH['pool']).split()
+    assert f'{dom}+root+d' not in images and f'{dom}+swap+d' not in images
+    assert f'{dom}+root' in images   # the anchor, with the configuration
+
+
+def test_disk_xml_is_network_rbd_with_auth_and_validates(hosts, tmp_path):
+    a = hosts('host-a')
+    dom = _domain()
+    a.j('volume', 'create', f'{dom}:root', '--pool', 'ceph', '--size', '1M')
+    rc, out, err = a.service.cli('domain', 'disk-xml', dom)
+    assert rc == 0, err
+    disk = etree.fromstring(out)
+    assert disk.get('type') == 'network'
+    source = disk.find('source')
+    assert source.get('protocol') == 'rbd'
+    assert source.get('name') == f'{CEPH["pool"]}/{dom}+root+d'
+    host, port = CEPH['monitors'].split(':')
+    assert [(h.get('name'), h.get('port')) for h in source.findall('host')] \
+        == [(host, port)]
+    auth = source.find('auth')
+    assert auth.get('username') == 'volsep'
+    assert auth.find('secret').attrib == {'type': 'ceph', 'uuid': SECRET}
+    assert 'key' not in out.lower().replace('backingstore', '')
+    rc, out, err = a.service.cli('domain', 'disk-xml', dom, '--full')
+    assert rc == 0, err
+    domain_xml = tmp_path / 'domain.xml'
+    domain_xml.write_text(out)
+    check = subprocess.run(['/usr/bin/virt-xml-validate', str(domain_xml),
+                            'domain'], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr + check.stdout
+
+
+def test_second_host_lists_the_same_volumes_and_cannot_start_them(hosts):
+    a, b = hosts('host-a'), hosts('host-b')
+    dom = _domain()
+    a.j('volume', 'create', f'{dom}:root', '--pool', 'ceph', '--size', '1M',
+        '--revisions-to-keep', '3')
+    listed = {v['vid']: v for v in b.j('volume', 'list', '--pool', 'ceph')}
+    assert listed[f'{dom}:root']['size'] == MiB
+    assert b.j('volume', 'info', f'{dom}:root')['revisions_to_keep'] == 3
+    a.j('domain', 'start', dom)
+    refused = b.fails('domain', 'start', dom)
+    assert refused['error'] == 'VolumeBusy'
+    assert 'host-a' in refused['message']
+    assert b.j('volume', 'info', f'{dom}:root')['owner'] == 'host-a'
+    a.j('domain', 'stop', dom)
+    b.j('domain', 'start', dom)     # free again: B takes it
+    assert a.fails('domain', 'start', dom)['error'] == 'VolumeBusy'
+    b.j('domain', 'stop', dom)
+
+
+def test_failover_after_sigkill_and_the_fenced_host_reports_the_loss(hosts):
+    a, b = hosts('host-a'), hosts('host-b')
+    dom = _domain()
+    a.j('volume', 'create', f'{dom}:root', '--pool', 'ceph', '--size', '1M')
+    b.j('volume', 'list')
+    a.j('domain', 'start', dom)
+    assert a.service.stop(signal.SIGKILL) == -signal.SIGKILL
+    assert b.fails('domain', 'start', dom)['error'] == 'VolumeBusy'
+    assert b.fails('volume', 'release', f'{dom}:root')['error'] == \
+        'InvalidArgument'   # fencing needs --force
+    released = b.j('volume', 'release', '--force', f'{dom}:root')
+    assert released == {'volume': f'{dom}:root', 'fenced': 'host-a'}
+    b.j('domain', 'start', dom)
+    before = _rbd('snap', 'ls', f'{CEPH["pool"]}/{dom}+root+d')
+    a.start()   # A comes back: it no longer owns the volume
+    assert a.j('volume', 'info', f'{dom}:root')['running'] is False
+    assert 'lost its ownership' in a.service.output()
+    assert a.fails('domain', 'start', dom)['error'] == 'VolumeBusy'
+    assert _rbd('snap', 'ls', f'{CEPH["pool"]}/{dom}+root+d') == before
+    b.j('domain', 'stop', dom)
+
+
+def test_a_fenced_live_host_cannot_write(hosts, rig):
+    a, b = hosts('host-a'), hosts('host-b')
+    dom = _domain()
+    a.j('volume', 'create', f'{dom}:root', '--pool', 'ceph', '--size', '1M')
+    b.j('volume', 'list')
+    a.j('domain', 'start', dom)
+    # A is alive but unreachable (frozen); B fences it and takes over.
+    assert b.j('volume', 'release', '--force',
+               f'{dom}:root')['fenced'] == 'host-a'
+    b.j('domain', 'start', dom)
+    before = _rbd('snap', 'ls', f'{CEPH["pool"]}/{dom}+root+d')
+    lost = a.fails('domain', 'stop', dom)
+    assert lost['error'] == 'VolumeBusy'
+    assert 'lost' in lost['message'] or 'fenced' in lost['message']
+    assert 'nothing was committed' in lost['message']
+    assert _rbd('snap', 'ls', f'{CEPH["pool"]}/{dom}+root+d') == before
+    assert a.j('volume', 'info', f'{dom}:root')['running'] is False
+    b.j('domain', 'stop', dom)
+
+
+def test_concurrent_starts_from_both_hosts_exactly_one_wins(hosts):
+    a, b = hosts('host-a'), hosts('host-b')
+    for _ in range(3):
+        dom = _domain()
+        a.j('volume', 'create', f'{dom}:root', '--pool', 'ceph', '--size',
+            '1M')
+        b.j('volume', 'list')
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            results = list(pool.map(
+                lambda h: h.service.cli('domain', 'start', dom, '-f',
+                                        'json'), (a, b)))
+        codes = sorted(rc for rc, _, _ in results)
+        assert codes == [0, 1], results
+        loser = results[[rc for rc, _, _ in results].index(1)]
+        assert json.loads(loser[1])['error'] == 'VolumeBusy'
+        winner = (a, b)[[rc for rc, _, _ in results].index(0)]
+        winner.j('domain', 'stop', dom)
+
+
+# -- crash injection ---------------------------------------------------------
+
+class _Crash(BaseException):
+    """The frontend dies right after a privileged call returned."""
+
+
+MUTATING = ('create', 'set_meta', 'remove', 'acquire', 'release', 'fence',
+            'create_data', 'remove_data', 'resize_data', 'commit',
+            'drop_generation', 'rollback', 'clone_generation',
+            'copy_generation', 'write_at', 'flush')
+
+
+class _Counter:
+    """Counts the mutating rbd calls; with ``crash_at``, the frontend
+    'dies' (raises _Crash, past every handler) right after that call."""
+
+    def __init__(self, monkeypatch, crash_at=None):
+        from volsep.privileged import rbd
+        self.calls = 0
+        for name in MUTATING:
+            original = getattr(rbd, name)
+            monkeypatch.setattr(rbd, name, self._wrap(original, crash_at))
+
+    def _wrap(self, original, crash_at):
+        def call(*args, **kwargs):
+            result = original(*args, **kwargs)
+            self.calls += 1
+            if self.calls == crash_at:
+                raise _Crash()
+            return result
+        return call
+
+
+def _current_bytes(mgr, address):
+    from volsep.privileged import rbd
+    domain, name = address.split(':')
+    entry = rbd.scan(CEPH['pool'])[f'{domain}/{name}']
+    generation = entry['data']['snaps'][-1][0]
+    size = entry['data']['snaps'][-1][1]
+    out = b''
+    while len(out) < size:
+        out += rbd.read_at(CEPH['pool'], domain, name, generation, len(out),
+                           min(4 * MiB, size - len(out)))
+    return out
+
+
+def _prepare(state_dir, dom):
+    from volsep.frontend import manager as manager_module
+    mgr = manager_module.Manager(str(state_dir))
+    mgr.add_pool('ceph', 'rbd', [('ceph_pool', CEPH['pool']),
+                                 ('host_id', 'crash-host'),
+                                 ('monitors', CEPH['monitors'])])
+    mgr.create_volume(f'{dom}:root', 'ceph', MiB, revisions_to_keep=2)
+    mgr.create_volume(f'{dom}:src', 'ceph', MiB)
+    _import(mgr, f'{dom}:src', b's' * MiB)
+    _import(mgr, f'{dom}:root', b'o' * MiB)
+    return mgr
+
+
+def _import(mgr, address, data):
+    mgr.import_begin(address, len(data))
+    mgr.import_write(address, 0, data)
+    mgr.import_end(address)
+
+
+CRASH_OPERATIONS = {
+    'stop': lambda m, d: (m.start_domain(d), m.stop_domain(d)),
+    'import': lambda m, d: _import(m, f'{d}:root', b'n' * MiB),
+    'revert': lambda m, d: m.revert(f'{d}:root'),
+    'clear': lambda m, d: m.clear(f'{d}:root'),
+    'resize': lambda m, d: m.resize(f'{d}:root', 2 * MiB),
+    'clone': lambda m, d: m.clone(f'{d}:src', f'{d}:root'),
+}
+
+
+@pytest.mark.parametrize('op', sorted(CRASH_OPERATIONS))
+def test_crash_after_every_privileged_call_leaves_old_or_new(
+        op, tmp_path, monkeypatch):
+    from volsep.frontend import manager as manager_module
+    from volsep.privileged import rbd
+    assert CEPH.get('pool'), 'no Ceph cluster: run the suite with tests/run'
+    run = CRASH_OPERATIONS[op]
+    reference_dir, dom = tmp_path / 'ref', _domain()
+    mgr = _prepare(reference_dir, dom)
+    old = _current_bytes(mgr, f'{dom}:root')
+    with monkeypatch.context() as patch:
+        counter = _Counter(patch)
+        run(mgr, dom)
+    new = _current_bytes(mgr, f'{dom}:root')
+    total = counter.calls
+    assert total >= 1
+    for address in (f'{dom}:root', f'{dom}:src'):
+        mgr.remove_volume(address)
+    for crash_at in range(1, total + 1):
+        state_dir, dom = tmp_path / f'n{crash_at}', _domain()
+        mgr = _prepare(state_dir, dom)
+        ids_before = [s[0] for s in rbd.scan(CEPH['pool'])[f'{dom}/root']
+                      ['data']['snaps']]
+        with monkeypatch.context() as patch:
+            _Counter(patch, crash_at)
+            with pytest.raises(_Crash):
+                run(mgr, dom)
+        where = f'{op} cut after mutating call {crash_at} of {total}'
+        restarted = manager_module.Manager(str(state_dir))  # a new frontend
+        restarted.reconcile()
+        if restarted.domains[dom].running:
+            restarted.stop_domain(dom)
+        content = _current_bytes(restarted, f'{dom}:root')
+        assert content in (old, new), where
+        # Stopped, the head a VM would attach is the committed content.
+        assert _image_bytes(f'{dom}+root+d') == content, where
+        entry = rbd.scan(CEPH['pool'])[f'{dom}/root']
+        assert entry['meta']['import'] == 'no', where
+        assert entry['owner'] is None, where
+        assert len(entry['data']['snaps']) <= 3, where  # current + 2 kept
+        # A further commit gets an id above every one used before.
+        restarted.start_domain(dom)
+        restarted.stop_domain(dom)
+        ids_after = [s[0] for s in rbd.scan(CEPH['pool'])[f'{dom}/root']
+                     ['data']['snaps']]
+        assert max(ids_after) > max(ids_before), where
+        for address in (f'{dom}:root', f'{dom}:src'):
+            restarted.remove_volume(address)
