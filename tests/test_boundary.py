@@ -142,7 +142,8 @@ def test_a_cached_root_is_not_reached_through_a_users_symlink(rig, target):
             'os.rename(pools, retired)\n'      # root retires the root
             'from volsep.privileged import roots\n'
             f'if {target!r} == "magic-link":\n'  # the daemon's own descriptor
-            '    retired = f"/proc/{os.getpid()}/fd/{roots._checked[pools][0]}"\n'
+            '    cached = roots._checked[pools][0]\n'
+            '    retired = f"/proc/{os.getpid()}/fd/{cached}"\n'
             'pid = os.fork()\n'
             'if pid == 0:\n'                   # an ordinary user's symlink
             '    os.setgid(uid); os.setuid(uid)\n'
