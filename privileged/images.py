@@ -15,6 +15,7 @@ never probed: raw content is bytes, whatever headers it contains.
 """
 
 import dataclasses
+import errno
 import logging
 import os
 import struct
@@ -38,6 +39,9 @@ logging.getLogger(format_inspector.__name__).setLevel(logging.ERROR)
 # the chunk revealed, not regions revealed by those (VHDX: region table ->
 # metadata region -> entries): small pieces keep each step in a later one.
 _PIECE = 64 << 10
+# What is still fed of a hole passed over (ImageCheck.skip_zeros): more
+# than any region kept from the end of a file.
+SKIP_KEEP = 64 << 10
 
 
 def qemu_name(fmt):
@@ -147,6 +151,34 @@ class ImageCheck:
                           f'{self.max_virtual_size} bytes')
         return Inspection(self.declared, size)
 
+    def skip_zeros(self, length):
+        """Account for ``length`` zero bytes (a hole of the file being
+        inspected) without handing them over piece by piece, if that cannot
+        change what any inspector sees: none still captures a region in
+        them, except the trailing regions that keep the last bytes of the
+        file, which the caller refills by feeding at least SKIP_KEEP more
+        bytes. Returns whether they were skipped (if not, feed them)."""
+        live = self._live()
+        for inspector in live:
+            regions = getattr(inspector, '_capture_regions', None)
+            position = getattr(inspector, '_total_count', None)
+            if type(regions) is not dict or type(position) is not int:
+                return False
+            for region in regions.values():
+                if isinstance(region, format_inspector.EndCaptureRegion):
+                    if region.length > SKIP_KEEP:
+                        return False
+                    continue
+                if region.complete:
+                    continue    # captures nothing more
+                # As CaptureRegion.capture decides, bounds included.
+                if region.offset <= position + length and \
+                        region.offset + region.length >= position:
+                    return False
+        for inspector in live:
+            inspector._total_count += length
+        return True
+
     def conclude(self):
         if not self._finished:
             self._finished = True
@@ -155,12 +187,29 @@ class ImageCheck:
         return self.verdict()
 
 
+def _next_data(fd, offset, end):
+    try:
+        return os.lseek(fd, offset, os.SEEK_DATA)
+    except OSError as err:
+        if err.errno == errno.ENXIO:   # only a hole up to the end
+            return end
+        return offset
+
+
 def inspect_fd(fd, declared, max_virtual_size, allow_backing=False):
     """Check an open file from its start; reads only as far as the
-    inspectors need."""
+    inspectors need. Holes that no inspector wants are passed over, not
+    read: a sparse file whose format keeps its footer at the end (a
+    streamOptimized VMDK) would otherwise cost seconds per GiB of holes,
+    as many as its owner likes."""
     check = ImageCheck(declared, max_virtual_size, allow_backing)
     offset = 0
+    end = os.fstat(fd).st_size
     while not check.settled:
+        if offset < end:
+            hole = _next_data(fd, offset, end) - offset - SKIP_KEEP
+            if hole >= SKIP_KEEP and check.skip_zeros(hole):
+                offset += hole
         chunk = os.pread(fd, _READ_CHUNK, offset)
         if not chunk:
             break

@@ -111,6 +111,64 @@ def test_an_allowed_root_is_followed_where_its_path_leads(rig):
     assert kind == 'ConfigurationError' and 'cannot be opened' in message
 
 
+@pytest.mark.parametrize('target', ['path', 'magic-link'])
+def test_a_cached_root_is_not_reached_through_a_users_symlink(rig, target):
+    """Review of the root cache (privileged/roots.py): it kept the walked
+    descriptor while os.stat(root), which follows every symlink, led to the
+    same inode, whatever the way there. An allowed root in a sticky
+    directory that root moves away (retiring it) leaves its name free: any
+    user can put a symlink there to where the old directory now lies, and
+    the root side went on writing into the retired directory, though a walk
+    refuses that symlink. It must be walked again, and refused, as before
+    the cache. 'magic-link': the symlink names /proc/PID/fd/N of the
+    daemon's cached descriptor, which only the daemon itself can follow."""
+    import json
+    import sys
+    conf_dir = f'{os.environ["VOLSEP_TEST_WORK"]}/sticky-{os.getpid()}'
+    sticky = f'{conf_dir}/tmp'
+    pools = f'{sticky}/pools'
+    retired = f'{conf_dir}/retired'
+    rig.mkdir(conf_dir)
+    rig.mkdir(sticky, 0o1777)              # a /var/tmp of its own
+    rig.mkdir(pools)
+    rig.write(f'{conf_dir}/privileged.conf',
+              f'[privileged]\nallowed_roots = {pools}\n'
+              f'audit_log = {conf_dir}/audit.log\n'.encode(), 0o644)
+    code = ('import json, os\n'
+            'from volsep.privileged import contexts, errors, files\n'
+            'contexts.file_ops.set_client_mode(False)\n'
+            f'pools, retired, uid = {pools!r}, {retired!r}, {os.getuid()}\n'
+            'files.create(pools + "/a", 4096)\n'
+            'os.rename(pools, retired)\n'      # root retires the root
+            'from volsep.privileged import roots\n'
+            f'if {target!r} == "magic-link":\n'  # the daemon's own descriptor
+            '    cached = roots._checked[pools][0]\n'
+            '    retired = f"/proc/{os.getpid()}/fd/{cached}"\n'
+            'pid = os.fork()\n'
+            'if pid == 0:\n'                   # an ordinary user's symlink
+            '    os.setgid(uid); os.setuid(uid)\n'
+            '    os.symlink(retired, pools)\n'
+            '    os._exit(0)\n'
+            'os.waitpid(pid, 0)\n'
+            'seen = {}\n'
+            'try:\n'
+            '    files.create(pools + "/b", 4096)\n'
+            '    seen["call"] = "created"\n'
+            'except errors.PrivilegedError as e:\n'
+            '    seen["call"] = [type(e).__name__, str(e)]\n'
+            f'seen["retired"] = sorted(os.listdir({retired!r}))\n'
+            'print(json.dumps(seen))\n')
+    rc, out, err = rig.run([sys.executable, '-c', code], env={
+        'VOLSEP_PRIVILEGED_CONFIG': f'{conf_dir}/privileged.conf',
+        'PATH': '/usr/bin:/bin'})
+    rig.rmtree(conf_dir)
+    assert rc == 0, err
+    seen = json.loads(out)
+    assert seen['retired'] == ['a'], seen
+    kind, message = seen['call']
+    assert kind == 'ConfigurationError' and 'not safe' in message, seen
+
+
 def test_an_allowed_root_the_frontend_could_swap_is_refused(rig, tmp_path,
                                                             outside_dir):
     """Found while wiring sudo mode: the root side opened each allowed root

@@ -370,3 +370,60 @@ def test_several_descriptors_at_once_are_refused(service, rig, tmp_path):
             os.close(fd)
     assert 'exactly one descriptor' in reply['error']['message'], reply
     assert _snapshot(rig, service) == before
+
+
+# -- review: a handed-over image is first inspected by the root side --------
+
+def _sparse_vmdk_with_a_bad_footer(tmp_path, size):
+    """A streamOptimized VMDK whose header says its grain directory is in
+    the footer: the inspectors must read to the end of the file, which is
+    ``size`` bytes of holes (a few KiB on disk), and then refuse it (the
+    footer does not match the header)."""
+    import struct
+    (tmp_path / 'small.raw').write_bytes(b'\1' * MiB)
+    small = tmp_path / 'small.vmdk'
+    subprocess.run(['qemu-img', 'convert', '-f', 'raw', '-O', 'vmdk', '-o',
+                    'subformat=streamOptimized', str(tmp_path / 'small.raw'),
+                    str(small)], check=True)
+    image = bytearray(small.read_bytes())
+    struct.pack_into('<Q', image, 56, 0xFFFFFFFFFFFFFFFF)   # GD_AT_END
+    path = tmp_path / 'hostile.vmdk'
+    with open(path, 'wb') as f:
+        f.write(image)
+        f.truncate(size)
+    return path
+
+
+def test_a_sparse_hostile_image_costs_the_root_side_no_read_of_its_holes(
+        service, rig, tmp_path):
+    """Found in review (b115920): streamed, this image is refused by the
+    frontend's own check at the end of the stream, and no root call reads
+    it. Handed over, the root side copies it in a moment (holes stay holes)
+    and its quick-calls daemon then reads every hole of it in qemu.info's
+    inspection (about 7 s per GiB here, with no time limit, under the
+    volume's lock), once more in convert's if it passes: a few concurrent
+    imports of sparse files occupy that daemon's 16 threads for as long as
+    the caller likes (the pool's free space bounds only the sum of their
+    sizes), and the watchdog stops volsepd when its ping goes unanswered
+    for 10 s."""
+    size = 1536 * MiB
+    path = _sparse_vmdk_with_a_bad_footer(tmp_path, size)
+    since = len(_audit_lines(rig, service))
+    with open(path, 'rb') as f:
+        reply = _Raw(service)
+        try:
+            ready = reply.request('admin.vm.volume.Import', descriptor=True,
+                                  volume='vm:root', size=size,
+                                  format='vmdk', force=True)
+            assert ready['result']['descriptor'] is True, ready
+            socket.send_fds(reply.sock, [b'\0'], [f.fileno()])
+            answer = reply.reply()
+        finally:
+            reply.close()
+    assert answer.get('error', {}).get('class') == 'UnsafeImage' or \
+        'UnsafeImage' in json.dumps(answer), answer
+    records = _audit_lines(rig, service)[since:]
+    spent = {r['entrypoint'].rsplit('.', 1)[-1]: r['duration_ms']
+             for r in records
+             if not r['entrypoint'].endswith('import_from_descriptor')}
+    assert sum(spent.values()) < 2000, spent
