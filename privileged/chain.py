@@ -20,6 +20,7 @@ kernel. It may write only the layers the job changes.
 """
 
 import contextlib
+import json
 import os
 import struct
 
@@ -27,6 +28,7 @@ from volsep.privileged import audit
 from volsep.privileged import contexts
 from volsep.privileged import errors
 from volsep.privileged import files
+from volsep.privileged import image_formats
 from volsep.privileged import images
 from volsep.privileged import inuse
 from volsep.privileged import paths
@@ -233,3 +235,121 @@ def pull(layers, top, base):
             files.remove_file(layer.path, held=layer.st)
         return [[layer.path, layer.fmt]
                 for layer in chain[:top + 1] + chain[base:]]
+
+
+# -- whole new layers: revert, import, clone, export -------------------------
+#
+# Each builds one new image unnamed (O_TMPFILE) beside ``new`` and names it
+# only once it is complete and flushed: a crash at any instant leaves either
+# no file or the whole image. A new top layer's header names the chain's
+# top as its backing file, so the frontend's record (or, after a crash, its
+# tidy) can adopt it as the next layer.
+
+@contextlib.contextmanager
+def _unnamed_beside(path, durable=True):
+    with paths.parent_of(path) as (parent, name):
+        with paths.anonymous_file(parent, 0o600) as fd:
+            yield fd
+            if durable:
+                os.fsync(fd)
+            paths.publish(fd, parent, name, path)
+        if durable:
+            paths.fsync_directory(parent)
+
+
+def _create_overlay(fd, below, size, what):
+    """Write into the empty file ``fd`` a qcow2 header backed by the
+    checked layer ``below``; nothing is opened (-u)."""
+    qemu.run_img(['create', '-q', '-f', 'qcow2', '-u', '-b', below.path,
+                  '-F', below.fmt, qemu.fd_path(fd), str(size)], what,
+                 writable=(fd,))
+
+
+def _virtual_size(layer):
+    return _describe(layer.fd, layer.st, layer.path, layer.fmt)[
+        'virtual_size']
+
+
+def _new_top(chain, new):
+    return [[new, 'qcow2']] + [[layer.path, layer.fmt] for layer in chain]
+
+
+def _fill(chain, fd, new, src_argv, src_fds, size):
+    """A new top layer over ``chain`` whose every cluster holds the data
+    of the source (``src_argv``: qemu-img's options and name for it), so
+    nothing of the old chain shows through: ``convert -n`` into an overlay
+    writes zeros explicitly where the source reads as zeros."""
+    _create_overlay(fd, chain[0], size, new)
+    qemu.run_img(['convert', '-q', '-n', '-t', 'writeback', *src_argv,
+                  '-O', 'qcow2', qemu.fd_path(fd)], new,
+                 readable=[layer.fd for layer in chain] + list(src_fds),
+                 writable=(fd,))
+
+
+@contexts.long_jobs.entrypoint
+@audit.audited
+def revert(layers, index, new):
+    """A new top layer ``new`` over the chain whose content is the content
+    of the chain from layer ``index`` down (a revision), so the state
+    reverted from stays in the chain below it. Returns the new chain."""
+    with _checked(layers) as chain:
+        index = _index(index, 1, len(chain) - 1, 'index')
+        target = chain[index]
+        with _unnamed_beside(new) as fd:
+            # An overlay on the revision reads as the revision; a safe
+            # rebase onto the top then writes into it every cluster where
+            # the top's view differs, and only then names the top.
+            _create_overlay(fd, target, _virtual_size(target), new)
+            qemu.run_img(['rebase', '-q', '-f', 'qcow2', '-t', 'writeback',
+                          '-b', chain[0].path, '-F', chain[0].fmt,
+                          qemu.fd_path(fd)], new,
+                         readable=[layer.fd for layer in chain],
+                         writable=(fd,))
+        return _new_top(chain, new)
+
+
+@contexts.long_jobs.entrypoint
+@audit.audited
+def import_image(layers, src, src_fmt, new):
+    """A new top layer ``new`` over the chain holding all of the image
+    ``src`` (declared format; a non-raw one is checked on a private frozen
+    copy, as for every import). Returns the new chain."""
+    validate.choice(src_fmt, image_formats.FORMATS, 'source format')
+    with _checked(layers) as chain, paths.parent_of(new) as (parent, _), \
+            qemu.frozen_source(src, src_fmt, parent) as src_fd:
+        fmt = images.qemu_name(src_fmt)
+        info = json.loads(qemu.run_img(
+            ['info', '-f', fmt, '--output=json', qemu.fd_path(src_fd)], src,
+            readable=(src_fd,)))
+        size = validate.size(info.get('virtual-size'))
+        with _unnamed_beside(new) as fd:
+            _fill(chain, fd, new, ['-f', fmt, qemu.fd_path(src_fd)],
+                  (src_fd,), size)
+        return _new_top(chain, new)
+
+
+@contexts.long_jobs.entrypoint
+@audit.audited
+def copy_chain(layers, source_layers, new):
+    """A new top layer ``new`` over the chain holding the content of
+    another checked chain (a clone's source). Returns the new chain."""
+    with _checked(layers) as chain, _checked(source_layers) as source:
+        with _unnamed_beside(new) as fd:
+            _fill(chain, fd, new, ['-f', source[0].fmt,
+                                   qemu.fd_path(source[0].fd)],
+                  [layer.fd for layer in source], _virtual_size(source[0]))
+        return _new_top(chain, new)
+
+
+@contexts.long_jobs.entrypoint
+@audit.audited
+def export(layers, fmt, target):
+    """The chain's content flattened into a new standalone image
+    ``target`` in ``fmt``. Not flushed: a crash loses only the export."""
+    validate.choice(fmt, qemu.OUTPUT_FORMATS, 'export format')
+    with _checked(layers) as chain, _unnamed_beside(target,
+                                                    durable=False) as fd:
+        qemu.run_img(['convert', '-q', '-U', '-f', chain[0].fmt, '-O', fmt,
+                      '-t', 'writeback', qemu.fd_path(chain[0].fd),
+                      qemu.fd_path(fd)], target,
+                     readable=[layer.fd for layer in chain], writable=(fd,))
