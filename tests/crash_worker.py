@@ -37,15 +37,51 @@ def _committed(mgr, address='vm:root'):
     return mgr.volume_info(address)['path']
 
 
+def _is_chain(mgr, address='vm:root'):
+    return mgr._pool(mgr._config(address).pool).capabilities.chains
+
+
 def _digest(mgr, address='vm:root'):
-    return rig.sha256(_committed(mgr, address))
+    """Of the committed content: the image, or the chain as a guest reads
+    it (converted to raw by qemu-img)."""
+    if not _is_chain(mgr, address):
+        return rig.sha256(_committed(mgr, address))
+    top, fmt = mgr._volume(mgr._config(address)).recorded()[0]
+    view = f'{os.path.dirname(mgr._pool("p").dir_path)}/view.raw'
+    rc, _, err = rig.run(['qemu-img', 'convert', '-U', '-f', fmt, '-O',
+                          'raw', top, view])
+    if rc != 0:
+        return f'unreadable: {err.decode()}'
+    try:
+        return rig.sha256(view)
+    finally:
+        rig.run(['rm', '-f', view])
 
 
 def _ids(mgr, address='vm:root'):
     volume = mgr._volume(mgr._config(address))
     listing = volume.listing()
+    if _is_chain(mgr, address):
+        return sorted(listing.layers)
     return sorted([g for g, _ in listing.committed] +
                   [r.id for r in listing.revisions])
+
+
+def _chain_check(mgr, address='vm:root'):
+    """'valid' when the record matches the headers and names exactly the
+    layers on disk, else what is wrong."""
+    if not _is_chain(mgr, address):
+        return 'valid'
+    try:
+        mgr.chain_validate(address)
+    except Exception as err:  # noqa: BLE001 - reported to the test
+        return f'{type(err).__name__}: {err}'
+    from volsep.drivers import qcow2
+    recorded = sorted(qcow2.generation(path) for path, _ in
+                      mgr._volume(mgr._config(address)).recorded())
+    if recorded != _ids(mgr, address):
+        return f'record {recorded} but layers {_ids(mgr, address)} on disk'
+    return 'valid'
 
 
 def _names(mgr, address='vm:root'):
@@ -53,9 +89,18 @@ def _names(mgr, address='vm:root'):
     return sorted(e['name'] for e in files.list_dir(volume.directory))
 
 
+def _guest_write(path, fmt, data):
+    if fmt == 'raw':
+        rig.pwrite(path, 0, data)
+        return
+    rc, _, err = rig.run(['qemu-io', '-f', fmt, '-c',
+                          f'write -P {data[0]} 0 {len(data)}', path])
+    assert rc == 0, err
+
+
 def _commit(mgr, domain, data):
-    path = mgr.start_domain(domain)[0]['path']
-    rig.pwrite(path, 0, data)
+    started = mgr.start_domain(domain)[0]
+    _guest_write(started['path'], started['format'], data)
     mgr.stop_domain(domain)
 
 
@@ -72,8 +117,8 @@ def prepare(mgr, spec):
         # A volatile volume beside it: a stop cut short must never leave
         # the domain running with that working copy gone.
         mgr.create_volume('vm:tmp', 'p', SIZE, kind='volatile')
-        path = mgr.start_domain('vm')[0]['path']
-        rig.pwrite(path, 0, b'B' * 65536)
+        started = mgr.start_domain('vm')[0]
+        _guest_write(started['path'], started['format'], b'B' * 65536)
         return lambda: mgr.stop_domain('vm')
     if op == 'revert':
         _commit(mgr, 'vm', b'C' * 65536)
@@ -84,6 +129,8 @@ def prepare(mgr, spec):
         return lambda: mgr.import_end('vm:root', True)
     if op == 'resize':
         return lambda: mgr.resize('vm:root', 8 * MiB)
+    if op == 'export':
+        return lambda: mgr.export_begin('vm:root', 'qcow2')
     if op == 'clone':
         mgr.create_volume('src:root', 'p', SIZE)
         _commit(mgr, 'src', b'E' * 65536)
@@ -137,6 +184,7 @@ def phase_op(mgr, spec, daemon_pid):
 def phase_check(mgr, spec, daemon_pid):
     mgr.reconcile()
     emit(reconciled=_digest(mgr), names=_names(mgr), ids=_ids(mgr),
+         chain=_chain_check(mgr),
          running=mgr.domains['vm'].running,
          unattached=[c.address for c in mgr.domains['vm'].volumes.values()
                      if mgr.volume_info(c.address)['path'] is None])
@@ -145,6 +193,7 @@ def phase_check(mgr, spec, daemon_pid):
     mgr.start_domain('vm')
     mgr.stop_domain('vm')
     emit(cycled=_digest(mgr), names_after=_names(mgr),
+         chain_after=_chain_check(mgr),
          ids_after=_ids(mgr), revisions=[r['id'] for r in
                                          mgr.revisions('vm:root')])
 
