@@ -184,6 +184,20 @@ def _index(value, low, high, name):
     return value
 
 
+def _check_no_shrink(layers):
+    """commit grows base to the top's size but never shrinks it: below a
+    layer smaller than the one under it (a forced shrink), base's tail
+    would show again, so such a range is refused (a pull is safe)."""
+    sizes = [_virtual_size(layer) for layer in layers]
+    for index in range(len(layers) - 1):
+        if sizes[index] < sizes[index + 1]:
+            raise errors.InvalidArgument(
+                f'{layers[index].path} ({sizes[index]} bytes) is smaller '
+                f'than the layer below it ({sizes[index + 1]} bytes): '
+                f'committing through it would bring back data a shrink '
+                f'removed; pull instead')
+
+
 @contexts.long_jobs.entrypoint
 @audit.audited
 def commit(layers, top, base):
@@ -192,6 +206,7 @@ def commit(layers, top, base):
     with _checked(layers) as chain:
         base = _index(base, 1, len(chain) - 1, 'base')
         top = _index(top, 0, base - 1, 'top')
+        _check_no_shrink(chain[top:base + 1])
         _run(['commit', '-q', '-f', 'qcow2', '-t', 'writeback', '-d', '-b',
               chain[base].path], chain, chain[top], chain[top:base + 1])
         os.fsync(chain[base].fd)

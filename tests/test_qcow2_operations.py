@@ -400,6 +400,28 @@ def test_grow_and_forced_shrink(pool, rig):
     _compare(rig, regrown, _record(mgr, 'vm:root')[0][0], 'qcow2')
 
 
+def test_no_commit_brings_back_what_a_forced_shrink_removed(pool, rig):
+    from volsep.drivers import errors
+    mgr, base_dir = pool
+    tc._layered(mgr, rig, 'vm:root', 2)
+    top = _record(mgr, 'vm:root')[0][0]
+    tc._write(rig, top, 'qcow2', 2 * MiB, 0x44)
+    mgr.resize('vm:root', MiB, force=True)
+    record = _record(mgr, 'vm:root')
+    ref = tc._guest_view(rig, base_dir, record)
+    before = _unchanged(rig, base_dir, mgr, 'vm:root')
+    for top_index, base_index in ((0, 1), (0, 2)):
+        with pytest.raises(errors.InvalidArgument) as refused:
+            mgr.chain_commit('vm:root', top_index, base_index)
+        assert 'smaller' in str(refused.value)
+    assert _unchanged(rig, base_dir, mgr, 'vm:root') == before
+    mgr.chain_commit('vm:root', 1, 2)      # no shrink in this range
+    mgr.chain_pull('vm:root', 0, 2)        # a pull is safe
+    after = _record(mgr, 'vm:root')
+    assert len(after) == 1
+    _compare(rig, ref, after[0][0], 'qcow2')
+
+
 def test_resize_refusals(pool, rig):
     from volsep.drivers import errors
     mgr, base_dir = pool
