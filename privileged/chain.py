@@ -260,8 +260,17 @@ def pull(layers, top, base):
 # top as its backing file, so the frontend's record (or, after a crash, its
 # tidy) can adopt it as the next layer.
 
+def _check_beside(path, layer):
+    """A new image of a chain's volume goes in its top layer's directory,
+    nowhere else (not into another volume's, nor another pool's)."""
+    if os.path.dirname(path) != os.path.dirname(layer.path):
+        raise errors.InvalidArgument(
+            f'{path} is not beside the chain\'s top layer {layer.path}')
+
+
 @contextlib.contextmanager
-def _unnamed_beside(path, durable=True):
+def _unnamed_beside(path, layer, durable=True):
+    _check_beside(path, layer)
     with paths.parent_of(path) as (parent, name):
         with paths.anonymous_file(parent, 0o600) as fd:
             yield fd
@@ -310,7 +319,7 @@ def revert(layers, index, new):
     with _checked(layers) as chain:
         index = _index(index, 1, len(chain) - 1, 'index')
         target = chain[index]
-        with _unnamed_beside(new) as fd:
+        with _unnamed_beside(new, chain[0]) as fd:
             # An overlay on the revision reads as the revision; a safe
             # rebase onto the top then writes into it every cluster where
             # the top's view differs, and only then names the top.
@@ -323,6 +332,19 @@ def revert(layers, index, new):
         return _new_top(chain, new)
 
 
+def _qemu_virtual_size(fd, fmt, path):
+    """The virtual size qemu-img reads (it converts by it), which may
+    differ from the inspector's (a VHD's geometry)."""
+    out = qemu.run_img(['info', '-f', fmt, '--output=json',
+                        qemu.fd_path(fd)], path, readable=(fd,))
+    try:
+        size = json.loads(out)['virtual-size']
+    except (ValueError, TypeError, KeyError):
+        raise errors.InvalidImage(f'{path}: qemu-img info gave no virtual '
+                                  f'size') from None
+    return validate.size(size, 'virtual size')
+
+
 @contexts.long_jobs.entrypoint
 @audit.audited
 def import_image(layers, src, src_fmt, new):
@@ -330,14 +352,15 @@ def import_image(layers, src, src_fmt, new):
     ``src`` (declared format; a non-raw one is checked on a private frozen
     copy, as for every import). Returns the new chain."""
     validate.choice(src_fmt, image_formats.FORMATS, 'source format')
-    with _checked(layers) as chain, paths.parent_of(new) as (parent, _), \
-            qemu.frozen_source(src, src_fmt, parent) as src_fd:
+    with contextlib.ExitStack() as stack:
+        chain = stack.enter_context(_checked(layers))
+        _check_beside(src, chain[0])   # the volume's own upload, only
+        parent, _ = stack.enter_context(paths.parent_of(new))
+        src_fd = stack.enter_context(qemu.frozen_source(src, src_fmt,
+                                                        parent))
         fmt = images.qemu_name(src_fmt)
-        info = json.loads(qemu.run_img(
-            ['info', '-f', fmt, '--output=json', qemu.fd_path(src_fd)], src,
-            readable=(src_fd,)))
-        size = validate.size(info.get('virtual-size'))
-        with _unnamed_beside(new) as fd:
+        size = _qemu_virtual_size(src_fd, fmt, src)
+        with _unnamed_beside(new, chain[0]) as fd:
             _fill(chain, fd, new, ['-f', fmt, qemu.fd_path(src_fd)],
                   (src_fd,), size)
         return _new_top(chain, new)
@@ -349,7 +372,7 @@ def copy_chain(layers, source_layers, new):
     """A new top layer ``new`` over the chain holding the content of
     another checked chain (a clone's source). Returns the new chain."""
     with _checked(layers) as chain, _checked(source_layers) as source:
-        with _unnamed_beside(new) as fd:
+        with _unnamed_beside(new, chain[0]) as fd:
             _fill(chain, fd, new, ['-f', source[0].fmt,
                                    qemu.fd_path(source[0].fd)],
                   [layer.fd for layer in source], _virtual_size(source[0]))
@@ -362,7 +385,7 @@ def export(layers, fmt, target):
     """The chain's content flattened into a new standalone image
     ``target`` in ``fmt``. Not flushed: a crash loses only the export."""
     validate.choice(fmt, qemu.OUTPUT_FORMATS, 'export format')
-    with _checked(layers) as chain, _unnamed_beside(target,
+    with _checked(layers) as chain, _unnamed_beside(target, chain[0],
                                                     durable=False) as fd:
         qemu.run_img(['convert', '-q', '-U', '-f', chain[0].fmt, '-O', fmt,
                       '-t', 'writeback', qemu.fd_path(chain[0].fd),

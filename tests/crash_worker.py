@@ -5,8 +5,9 @@ as root, forks the privileged daemons, drops to the test user.
 
 Phases:
   op     prepare a volume, then run one operation; with kill_at=N, kill the
-         frontend (this process) or the file daemon right after the N-th
-         privileged call. Prints JSON lines as it goes.
+         frontend (this process), the file daemon or the long-jobs daemon
+         right after the N-th privileged call. Prints JSON lines as it
+         goes.
   check  restart: load the state, reconcile, report; then stop/start/stop
          the domain and report again.
 """
@@ -146,9 +147,10 @@ def _wait_until_channel_down(ctx):
         time.sleep(0.01)
 
 
-def arm(kill_at, target, daemon_pid):
+def arm(kill_at, target, daemons):
     """Count volsep's privileged calls; right after the kill_at-th one
-    returns, SIGKILL this frontend or the file daemon."""
+    returns, SIGKILL this frontend, the file daemon ('daemon') or the
+    long-jobs daemon ('jobs')."""
     original = privsep_daemon._ClientChannel.remote_call
     state = {'calls': 0}
 
@@ -163,16 +165,17 @@ def arm(kill_at, target, daemon_pid):
                 emit(killed_after=kill_at, target=target, call=name)
                 if target == 'frontend':
                     os.kill(os.getpid(), signal.SIGKILL)
-                rig.kill(daemon_pid)
-                _wait_until_channel_down(contexts.file_ops)
+                pid, context = daemons[target]
+                rig.kill(pid)
+                _wait_until_channel_down(context)
     privsep_daemon._ClientChannel.remote_call = counted
     return state
 
 
-def phase_op(mgr, spec, daemon_pid):
+def phase_op(mgr, spec, daemons):
     action = prepare(mgr, spec)
     emit(old=_digest(mgr), ids=_ids(mgr))
-    state = arm(spec.get('kill_at', 0), spec.get('target'), daemon_pid)
+    state = arm(spec.get('kill_at', 0), spec.get('target'), daemons)
     try:
         action()
     except Exception as err:  # noqa: BLE001 - reported to the test
@@ -181,7 +184,7 @@ def phase_op(mgr, spec, daemon_pid):
     emit(calls=state['calls'], new=_digest(mgr), ids_after=_ids(mgr))
 
 
-def phase_check(mgr, spec, daemon_pid):
+def phase_check(mgr, spec, daemons):
     mgr.reconcile()
     emit(reconciled=_digest(mgr), names=_names(mgr), ids=_ids(mgr),
          chain=_chain_check(mgr),
@@ -206,12 +209,14 @@ def main():
     from volsep.frontend import manager as manager_module
     from volsep.frontend import privsep_start
     privsep_start.start_daemons()
-    file_daemon = procs.children()[0]
+    file_daemon, jobs_daemon = procs.children()[:2]   # as contexts.ALL
+    daemons = {'daemon': (file_daemon, contexts.file_ops),
+               'jobs': (jobs_daemon, contexts.long_jobs)}
     rig.ctx.start(rig.priv_context.Method.FORK)
     privsep_start.drop_privileges(os.environ['VOLSEP_TEST_USER'])
     mgr = manager_module.Manager(spec['state_dir'])
     {'op': phase_op, 'check': phase_check}[spec['phase']](
-        mgr, spec, file_daemon)
+        mgr, spec, daemons)
 
 
 if __name__ == '__main__':

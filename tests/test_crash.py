@@ -2,8 +2,9 @@
 
 For each operation, a reference run counts its privileged calls M; then for
 every N in 1..M a fresh volume is prepared, the operation is started, and
-right after the N-th privileged call either the frontend or the root file
-daemon is killed with SIGKILL. A restarted frontend must then find the
+right after the N-th privileged call the frontend or a root daemon (the
+file daemon; for a qcow2 pool also the long-jobs daemon) is killed with
+SIGKILL. A restarted frontend must then find the
 volume's committed content exactly old or exactly new, start it, leave no
 temporary file after the next operation, and never reuse a revision id;
 a chain volume's record must match its images (`chain validate`, and the
@@ -63,9 +64,14 @@ def _reference(tmp_path, rig, pool, op):
     return events
 
 
-@pytest.mark.parametrize('pool', sorted(POOLS))
-@pytest.mark.parametrize('op', OPERATIONS)
-@pytest.mark.parametrize('target', ['frontend', 'daemon'])
+# The long-jobs daemon runs a chain's merges and new layers (and every
+# convert): killed too where the pool's operations use it most.
+CASES = [(op, pool, target) for pool in sorted(POOLS) for op in OPERATIONS
+         for target in ['frontend', 'daemon'] + (
+             ['jobs'] if POOLS[pool][0] == 'qcow2' else [])]
+
+
+@pytest.mark.parametrize('op,pool,target', CASES)
 def test_kill_after_every_privileged_call(op, pool, target, tmp_path, rig):
     reference = _reference(tmp_path, rig, pool, op)
     assert reference["calls"] >= 1

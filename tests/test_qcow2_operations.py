@@ -344,8 +344,21 @@ def test_root_side_revert_refuses_bad_requests(pool, rig, outside_dir):
         root_chain.revert([record[0], record[2]], 1, new)
     with pytest.raises(root_errors.PrivilegedError):   # never replaces
         root_chain.revert(record, 1, record[1][0])
-    with pytest.raises(root_errors.PrivilegedError):   # outside the roots
-        root_chain.revert(record, 1, f'{outside_dir}/L9.qcow2')
+    mgr.create_volume('other:root', 'p', MiB)
+    other_dir = os.path.dirname(mgr.volume_info('other:root')['path'])
+    before = tc._tree(rig, base_dir)
+    for elsewhere in (f'{outside_dir}/L9.qcow2', f'{other_dir}/L9.qcow2',
+                      f'{volume_dir}/../L9.qcow2'):
+        with pytest.raises(root_errors.InvalidArgument):
+            root_chain.revert(record, 1, elsewhere)
+        with pytest.raises(root_errors.InvalidArgument):
+            root_chain.copy_chain(record, record[1:], elsewhere)
+        with pytest.raises(root_errors.InvalidArgument):
+            root_chain.export(record, 'raw', elsewhere)
+    # An import reads only the volume's own upload.
+    with pytest.raises(root_errors.InvalidArgument):
+        root_chain.import_image(record, mgr.volume_info('other:root')['path'],
+                                'raw', new)
     assert tc._tree(rig, base_dir) == before
 
 
