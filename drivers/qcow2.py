@@ -349,7 +349,7 @@ class Qcow2Volume(directory.DirectoryVolume):
         self._push([[new, 'qcow2']] + self.recorded())
 
     def import_begin(self, size, fmt='raw'):
-        listing = self.tidy()
+        listing = self.listing()
         if listing.import_target is not None or listing.uploads:
             raise errors.VolumeBusy(
                 f'volume {self.config.address} already has an import pending')

@@ -306,6 +306,32 @@ def test_revert_without_a_revision_uses_the_latest_and_prunes(pool, rig):
     _compare(rig, top, tc._guest_view(rig, base_dir, after[1:]), 'raw')
 
 
+def test_a_running_snapshot_keeps_reading_while_its_source_changes(pool,
+                                                                   rig):
+    mgr, base_dir = pool
+    record = tc._layered(mgr, rig, 'src:root', 2)
+    mgr.set_volume('src:root', 'revisions_to_keep', 0)   # one layer
+    record = _record(mgr, 'src:root')
+    ref = tc._guest_view(rig, base_dir, record)
+    mgr.create_volume('snap:root', 'p', kind='snapshot', source='src:root')
+    overlay = mgr.start_domain('snap')[0]['path']
+    src = _raw(rig, base_dir, 4 * MiB, [(0, 0x31)])
+    _import_file(mgr, rig, 'src:root', src)
+    mgr.resize('src:root', 8 * MiB)
+    # The layer the snapshot reads is kept, not merged away.
+    assert record[0] in _record(mgr, 'src:root')
+    _compare(rig, ref, overlay, 'qcow2')
+    assert mgr.volume_info('snap:root')['is_outdated']
+    mgr.stop_domain('snap')
+    mgr.resize('src:root', 8 * MiB)                    # now merges
+    after = _record(mgr, 'src:root')
+    assert len(after) == 1
+    # The next snapshot starts from the source's latest content.
+    overlay = mgr.start_domain('snap')[0]['path']
+    _compare(rig, tc._guest_view(rig, base_dir, after), overlay, 'qcow2')
+    mgr.stop_domain('snap')
+
+
 def test_bad_reverts_change_nothing(pool, rig):
     from volsep.drivers import errors
     mgr, base_dir = pool
