@@ -6,8 +6,9 @@ as root, forks the privileged daemons, drops to the test user.
 Phases:
   op     prepare a volume, then run one operation; with kill_at=N, kill the
          frontend (this process), the file daemon or the long-jobs daemon
-         right after the N-th privileged call. Prints JSON lines as it
-         goes.
+         right after the N-th privileged call; with target=jobs-during,
+         kill the long-jobs daemon while its qemu-img child runs. Prints
+         JSON lines as it goes.
   check  restart: load the state, reconcile, report; then stop/start/stop
          the domain and report again.
 """
@@ -17,6 +18,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 
 from oslo_privsep import daemon as privsep_daemon
@@ -172,9 +174,38 @@ def arm(kill_at, target, daemons):
     return state
 
 
+# The qemu-img command that moves an operation's data.
+DATA_COMMANDS = {'revert': 'rebase', 'import': 'convert', 'clone': 'convert',
+                 'export': 'convert'}
+
+
+def kill_during_qemu_img(daemons, op):
+    """In the background: SIGKILL the long-jobs daemon while its qemu-img
+    child moves the operation's data, in the middle of a privileged
+    call."""
+    pid, _ = daemons['jobs']
+    command = DATA_COMMANDS[op]
+
+    def watch():
+        if rig.kill_while_child_runs(pid, ['/usr/bin/qemu-img', command],
+                                     60):
+            emit(killed_during=f'qemu-img {command}')
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    return watcher
+
+
 def phase_op(mgr, spec, daemons):
     action = prepare(mgr, spec)
     emit(old=_digest(mgr), ids=_ids(mgr))
+    if spec.get('target') == 'jobs-during':
+        watcher = kill_during_qemu_img(daemons, spec['op'])
+        try:
+            action()
+        except Exception as err:  # noqa: BLE001 - reported to the test
+            emit(failed=f'{type(err).__name__}: {err}')
+        watcher.join(timeout=1)
+        return
     state = arm(spec.get('kill_at', 0), spec.get('target'), daemons)
     try:
         action()

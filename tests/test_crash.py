@@ -107,3 +107,25 @@ def test_kill_after_every_privileged_call(op, pool, target, tmp_path, rig):
         assert fresh_ids and min(fresh_ids) > max(ids_before), where
         assert len(check['revisions']) == len(set(check['revisions']))
         rig.rmtree(base)
+
+
+@pytest.mark.parametrize('op', ['revert', 'import', 'clone', 'export'])
+def test_kill_the_jobs_daemon_while_qemu_img_builds_a_layer(op, tmp_path,
+                                                            rig):
+    """In the middle of the root call: the new layer (or export) is an
+    unnamed file until complete, so nothing of it is left, and the chain
+    and its record stay as they were."""
+    base, spec = _fresh(tmp_path, rig, 'qcow2-xfs')
+    rc, events, err = _worker(rig, dict(spec, phase='op', op=op,
+                                        target='jobs-during'))
+    where = f'{op}: {events} {err}'
+    assert events.get('killed_during', '').startswith('qemu-img'), where
+    assert 'failed' in events, where
+    rc, check, err = _worker(rig, dict(spec, phase='check'))
+    where += f' / check: {check} {err}'
+    assert rc == 0, where
+    assert check['reconciled'] == events['old'], where
+    assert check['ids'] == events['ids'], where
+    assert check['chain'] == check['chain_after'] == 'valid', where
+    assert all(n[0] == 'L' for n in check['names']), where
+    rig.rmtree(base)
