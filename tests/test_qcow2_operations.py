@@ -159,6 +159,26 @@ def test_raw_import_is_a_new_top_and_the_old_chain_a_revision(pool, rig):
     assert mgr.volume_info('vm:root')['size'] == 4 * MiB
 
 
+def test_without_revisions_an_import_or_clone_is_a_one_layer_chain(pool,
+                                                                    rig):
+    mgr, base_dir = pool
+    tc._layered(mgr, rig, 'vm:root', 2)
+    mgr.set_volume('vm:root', 'revisions_to_keep', 0)
+    src = _raw(rig, base_dir, 6 * MiB, [(5 * MiB, 0x66)])   # larger
+    assert _import_file(mgr, rig, 'vm:root', src)['size'] == 6 * MiB
+    after = _record(mgr, 'vm:root')
+    assert len(after) == 1 and mgr.revisions('vm:root') == []
+    _compare(rig, src, after[0][0], 'qcow2')
+    assert 'backing file' not in tc._run(rig, ['qemu-img', 'info', '-f',
+                                               'qcow2', after[0][0]])
+    source = tc._layered(mgr, rig, 'src:root', 3)
+    mgr.clone('src:root', 'vm:root')
+    after = _record(mgr, 'vm:root')
+    assert len(after) == 1
+    _compare(rig, tc._guest_view(rig, base_dir, source), after[0][0],
+             'qcow2')
+
+
 @pytest.mark.parametrize('fmt', ['qcow2', 'vmdk', 'vhdx', 'vdi'])
 def test_foreign_formats_are_imported(pool, rig, fmt):
     mgr, base_dir = pool
