@@ -35,6 +35,10 @@ BENCHMARKS = {
 
 
 def main(names):
+    unknown = [name for name in names if name not in BENCHMARKS]
+    if unknown:
+        sys.exit(f'bench: no benchmark named {", ".join(unknown)}; there '
+                 f'are: {", ".join(BENCHMARKS)}')
     for name in names or BENCHMARKS:
         print(f'== {name}')
         BENCHMARKS[name]()

@@ -2,6 +2,7 @@
 a qcow2 import through volsep against a bare qemu-img convert."""
 
 import os
+import statistics
 import subprocess
 
 from bench import privileged_calls
@@ -51,27 +52,52 @@ def inspection():
               f'{info / inspect:5.0f}x faster (aim >= 20x)')
 
 
-def qcow2_import():
+def _drop_caches():
+    os.sync()
+    with open('/proc/sys/vm/drop_caches', 'w') as f:
+        f.write('3\n')
+
+
+def qcow2_import(repeat=3):
     """A 1 GiB qcow2 holding 512 MiB through `volsep volume import
     --format qcow2` vs a bare `qemu-img convert` to raw with the same cache
-    mode, on the same XFS."""
+    mode, on the same XFS; medians, interleaved. Cold: the page cache
+    dropped before each run, as for an image at rest. Hot: the source just
+    read. volsep's upload and private frozen copy are reflinks of the
+    caller's file, and a reflinked inode has a page cache of its own, so
+    qemu-img reads them from disk even when the source is cached."""
     mount = service.mount()
     source = image(mount, 'qcow2', 'qcow2', 512)
-    bare = service.timed(['qemu-img', 'convert', '-f', 'qcow2', '-O', 'raw',
-                           '-t', 'none', source, f'{mount}/bare.raw'])
     state_dir = f'{mount}/svc-images'
     proc, _ = service.start(state_dir)
-    socket_args = ['--socket', f'{state_dir}/volsepd.sock']
+    volsep = [f'{service.VENV}/volsep', '--socket',
+              f'{state_dir}/volsepd.sock']
+    runs = {key: [] for key in ('bare-cold', 'volsep-cold', 'bare-hot',
+                                'volsep-hot')}
     try:
-        subprocess.run([f'{service.VENV}/volsep', *socket_args, 'volume',
-                        'create', 'vm:root', '--pool', 'default', '--size',
-                        '1M', '--revisions-to-keep', '0'], check=True,
-                       stdout=subprocess.DEVNULL)
-        imported = service.timed([f'{service.VENV}/volsep', *socket_args,
-                                   'volume', 'import', 'vm:root', source,
-                                   '--format', 'qcow2'])
+        subprocess.run([*volsep, 'volume', 'create', 'vm:root', '--pool',
+                        'default', '--size', '1M', '--revisions-to-keep',
+                        '0'], check=True, stdout=subprocess.DEVNULL)
+        bare = ['qemu-img', 'convert', '-f', 'qcow2', '-O', 'raw', '-t',
+                'none', source, f'{mount}/bare.raw']
+        ours = [*volsep, 'volume', 'import', 'vm:root', source, '--format',
+                'qcow2']
+        for _ in range(repeat):
+            for temperature in ('cold', 'hot'):
+                for key, argv in (('bare', bare), ('volsep', ours)):
+                    if temperature == 'cold':
+                        _drop_caches()
+                    else:
+                        subprocess.run(['cat', source], check=True,
+                                       stdout=subprocess.DEVNULL)
+                    runs[f'{key}-{temperature}'].append(service.timed(argv))
+                    if key == 'bare':
+                        os.unlink(f'{mount}/bare.raw')
     finally:
         service.stop(proc)
-    print(f'  bare qemu-img convert qcow2 -> raw  {bare:6.2f} s (baseline)')
-    print(f'  volsep volume import --format qcow2 {imported:6.2f} s   '
-          f'ratio {bare / imported:4.2f}x of bare (aim >= 0.9x)')
+    t = {key: statistics.median(v) for key, v in runs.items()}
+    for temperature in ('cold', 'hot'):
+        bare, ours = t[f'bare-{temperature}'], t[f'volsep-{temperature}']
+        print(f'  {temperature} cache: bare qemu-img convert {bare:5.2f} s, '
+              f'volsep volume import {ours:5.2f} s   ratio '
+              f'{bare / ours:4.2f}x of bare (aim >= 0.8x)')

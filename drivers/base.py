@@ -166,8 +166,8 @@ class Pool:
         return self.volume_class(self, config)
 
     def takes_descriptors(self):
-        """Whether raw imports and exports can take the caller's
-        descriptor now."""
+        """Whether imports and exports can take the caller's descriptor
+        now."""
         return self.capabilities.descriptors
 
     def copy_method(self):

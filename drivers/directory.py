@@ -262,11 +262,12 @@ class DirectoryVolume(base.Volume):
     def import_write(self, offset, data, fmt='raw'):
         return files.write_at(self._path(layout.upload(fmt)), offset, data)
 
-    def import_descriptor(self, fd, size, source_offset, stall_timeout):
-        """Fill a raw import's target from the caller's descriptor ``fd``,
-        in one root call."""
+    def import_descriptor(self, fd, size, source_offset, stall_timeout,
+                          fmt='raw'):
+        """Fill an import's upload from the caller's descriptor ``fd``, in
+        one root call."""
         return transfers.import_from_descriptor(
-            self._path(layout.upload('raw')), _hand_over(fd), size,
+            self._path(layout.upload(fmt)), _hand_over(fd), size,
             source_offset, share=self.pool.clone_mode != 'never',
             stall_timeout=stall_timeout)
 

@@ -10,7 +10,7 @@ the reply {"result": {"size": N}} is followed by exactly N raw bytes; a
 reader that consumes nothing for `stream_timeout` seconds is cut off and
 the export snapshot removed.
 
-Descriptor transfers (raw only, "descriptor": true in the params, local
+Descriptor transfers (any format, "descriptor": true in the params, local
 callers): instead of "ready", the reply carries "descriptor": true, and
 the client sends one byte with its open file or pipe (SCM_RIGHTS; see
 descriptor.py), which the root side copies in the kernel. An import also
@@ -246,7 +246,7 @@ class Api:
                         None, force)
         success = False
         try:
-            if await self._transfer_slot(params, address, fmt):
+            if await self._transfer_slot(params, address):
                 try:
                     await self._import_descriptor(request_id, address, size,
                                                   params, reader, writer)
@@ -283,13 +283,12 @@ class Api:
             raise _Stream(f'expected exactly {size} bytes and then '
                           f'{protocol.END_MARKER!r}')
 
-    async def _transfer_slot(self, params, address, fmt):
+    async def _transfer_slot(self, params, address):
         """Whether this transfer goes by descriptor (then it holds one of
         the MAX_TRANSFERS slots, which the caller gives back)."""
         if params.get('descriptor') is not True or \
                 self._transfers >= MAX_TRANSFERS or \
-                not await self._run(self.manager.takes_descriptors, address,
-                                    fmt):
+                not await self._run(self.manager.takes_descriptors, address):
             return False
         self._transfers += 1
         return True
@@ -436,7 +435,7 @@ class Api:
         export = await self._run(self.manager.export_begin, address, fmt)
         path, size = export['path'], export['size']
         try:
-            if await self._transfer_slot(params, address, fmt):
+            if await self._transfer_slot(params, address):
                 try:
                     return await self._export_descriptor(
                         request_id, address, path, size, reader, writer)

@@ -345,7 +345,7 @@ def _privileged_fault(deadline):
         try:
             guard.ping(ctx, deadline)
         except Exception as err:
-            if not ctx.channel.running:   # it died while we pinged
+            if _channel_down(ctx.channel):   # it died while we pinged
                 return 'a privileged daemon died'
             return (f'a privileged daemon ({ctx.cfg_section}) did not answer '
                     f'a ping within {deadline} s: {err}')

@@ -100,6 +100,7 @@ class _PendingImport:
     reserved: int = 0
     current: int = 0        # the volume's size when the import began
     force: bool = False     # whether the import may shrink the volume
+    handed_over: bool = False   # copied from a descriptor: check unfed
 
 
 def parse_address(address):
@@ -864,22 +865,21 @@ class Manager:
         pending = self._pending_import(config)
         return self._volume(config).import_write(offset, data, pending.fmt)
 
-    def takes_descriptors(self, address, fmt):
-        """Whether a ``fmt`` import or export of ``address`` can take the
+    def takes_descriptors(self, address):
+        """Whether an import or export of ``address`` can take the
         caller's descriptor instead of a byte stream."""
-        return fmt == 'raw' and self._pool(
-            self._config(address).pool).takes_descriptors()
+        return self._pool(self._config(address).pool).takes_descriptors()
 
     def import_descriptor(self, address, fd, source_offset, stall_timeout):
-        """All of a pending raw import, copied by the root side from the
-        caller's descriptor ``fd`` (no lock, as import_write)."""
+        """All of a pending import, copied by the root side from the
+        caller's descriptor ``fd`` (no lock, as import_write). A non-raw
+        image is then checked where it lies, by the root side's inspection
+        before qemu-img opens it (import_end), instead of as it streams."""
         config = self._config(address)
         pending = self._pending_import(config)
-        if pending.fmt != 'raw':
-            raise errors.InvalidArgument(f'a {pending.fmt} import cannot '
-                                         f'take a descriptor')
+        pending.handed_over = True
         return self._volume(config).import_descriptor(
-            fd, pending.reserved, source_offset, stall_timeout)
+            fd, pending.reserved, source_offset, stall_timeout, pending.fmt)
 
     def import_end(self, address, success=True):
         config = self._config(address)
@@ -888,7 +888,8 @@ class Manager:
             volume = self._volume(config)
             try:
                 if success and pending.check is not None:
-                    pending.check.conclude()
+                    if not pending.handed_over:
+                        pending.check.conclude()
                     self._check_shrink(address, pending.current,
                                        self._check_virtual_size(pending),
                                        pending.force)

@@ -2,6 +2,7 @@
 SO_PEERGROUPS, both fixed by the kernel at connect time."""
 
 import dataclasses
+import functools
 import grp
 import pwd
 import socket
@@ -17,14 +18,16 @@ class Peer:
     gid: int
     groups: tuple
 
-    @property
+    # Looked up once per connection: each lookup reads the user and group
+    # databases, and the policy asks on every request.
+    @functools.cached_property
     def user(self):
         try:
             return pwd.getpwuid(self.uid).pw_name
         except KeyError:
             return str(self.uid)
 
-    @property
+    @functools.cached_property
     def group_names(self):
         names = set()
         for gid in (self.gid,) + self.groups:

@@ -18,7 +18,7 @@ import stat
 
 from volsep.privileged import config
 from volsep.privileged import errors
-from volsep.privileged import ownership
+from volsep.privileged import roots
 
 _SYS_OPENAT2 = 437
 _RESOLVE_NO_MAGICLINKS = 0x02
@@ -98,28 +98,9 @@ def _fd(fd):
         os.close(fd)
 
 
-def _open_root(root):
-    # Everything beneath a root is resolved relative to this descriptor,
-    # so the root itself must be where configuration says: if anyone but
-    # root (or this daemon's own uid) owned a directory or symlink on its
-    # way, they could have swapped it for a symlink to /etc between calls.
-    # The descriptor is reached component by component, each one checked
-    # as it is opened (ownership.open_directory): checking the path first
-    # and opening it afterwards would follow a symlink made in between (a
-    # root missing from a sticky /var/tmp passes the check).
-    try:
-        return ownership.open_directory(root, os.geteuid())
-    except ownership.NotPrivate as err:
-        raise errors.ConfigurationError(
-            f'allowed root {root} is not safe to use: {err}') from None
-    except OSError as err:
-        raise errors.ConfigurationError(
-            f'allowed root {root} cannot be opened: {err.strerror}')
-
-
 def _open_path(path, flags, mode=0):
     root, rel = split_beneath_root(path)
-    with _fd(_open_root(root)) as root_fd:
+    with _fd(roots.open_root(root)) as root_fd:
         if not rel:
             return os.dup(root_fd)
         try:

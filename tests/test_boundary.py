@@ -63,6 +63,54 @@ def test_modes_are_explicit_despite_umask_zero(xfs_dir, rig):
         files.mkdir(f'{xfs_dir}/sub2', 0o777)
 
 
+def test_an_allowed_root_is_followed_where_its_path_leads(rig):
+    """The root side walks an allowed root once and keeps its descriptor
+    (privileged/roots.py). When root moves the directory and makes a new
+    one at the configured path, calls land in the new one; when the path
+    leads nowhere, calls are refused; and walking again leaks nothing."""
+    import json
+    import sys
+    conf_dir = f'{os.environ["VOLSEP_TEST_WORK"]}/moved-{os.getpid()}'
+    pools = f'{conf_dir}/pools'
+    rig.mkdir(conf_dir)
+    rig.mkdir(pools)
+    rig.write(f'{conf_dir}/privileged.conf',
+              f'[privileged]\nallowed_roots = {pools}\n'
+              f'audit_log = {conf_dir}/audit.log\n'.encode(), 0o644)
+    code = ('import json, os, shutil\n'
+            'from volsep.privileged import contexts, errors, files\n'
+            'contexts.file_ops.set_client_mode(False)\n'
+            f'pools = {pools!r}\n'
+            'files.create(pools + "/a", 4096)\n'
+            'descriptors = len(os.listdir("/proc/self/fd"))\n'
+            'for n in range(5):\n'
+            '    os.rename(pools, pools + f"-old{n}")\n'
+            '    os.mkdir(pools, 0o755)\n'
+            '    files.create(pools + f"/b{n}", 4096)\n'
+            'seen = {"new": sorted(os.listdir(pools)),\n'
+            '        "old0": sorted(os.listdir(pools + "-old0")),\n'
+            '        "old1": sorted(os.listdir(pools + "-old1")),\n'
+            '        "leaked": len(os.listdir("/proc/self/fd")) - descriptors}\n'
+            'shutil.rmtree(pools)\n'
+            'try:\n'
+            '    files.create(pools + "/c", 4096)\n'
+            '    seen["gone"] = "created"\n'
+            'except errors.PrivilegedError as e:\n'
+            '    seen["gone"] = [type(e).__name__, str(e)]\n'
+            'print(json.dumps(seen))\n')
+    rc, out, err = rig.run([sys.executable, '-c', code], env={
+        'VOLSEP_PRIVILEGED_CONFIG': f'{conf_dir}/privileged.conf',
+        'PATH': '/usr/bin:/bin'})
+    rig.rmtree(conf_dir)
+    assert rc == 0, err
+    seen = json.loads(out)
+    assert seen['new'] == ['b4']
+    assert seen['old0'] == ['a'] and seen['old1'] == ['b0']
+    assert seen['leaked'] == 0
+    kind, message = seen['gone']
+    assert kind == 'ConfigurationError' and 'cannot be opened' in message
+
+
 def test_an_allowed_root_the_frontend_could_swap_is_refused(rig, tmp_path,
                                                             outside_dir):
     """Found while wiring sudo mode: the root side opened each allowed root

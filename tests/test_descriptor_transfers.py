@@ -1,4 +1,4 @@
-"""Raw imports and exports by descriptor (issue 12, goal 4): the CLI hands
+"""Imports and exports by descriptor (issue 12, goals 4 and 6): the CLI hands
 its file or pipe to volsepd (SCM_RIGHTS), whose root side copies it in the
 kernel, and treats what it is handed as hostile: only regular files and
 pipes, only with the access they were opened with, never blocking a worker
@@ -134,6 +134,35 @@ def test_file_import_is_one_root_call_with_no_chunks(service, rig,
     assert 'write_at' not in calls
     path = service.json('volume', 'info', 'vm:root')['path']
     assert rig.sha256(path) == hashlib.sha256(data).hexdigest()
+
+
+def test_qcow2_import_and_export_go_by_descriptor(service, rig, tmp_path):
+    """A qcow2 file is handed over too: copied by the root side, then
+    inspected and converted where it lies (goal 6)."""
+    data = os.urandom(SIZE)
+    (tmp_path / 'image.raw').write_bytes(data)
+    source = tmp_path / 'image.qcow2'
+    subprocess.run(['qemu-img', 'convert', '-f', 'raw', '-O', 'qcow2',
+                    str(tmp_path / 'image.raw'), str(source)], check=True)
+    since = len(_audit_lines(rig, service))
+    rc, out, err = _cli(service, 'volume', 'import', 'vm:root', str(source),
+                        '--format', 'qcow2', '-f', 'json')
+    assert rc == 0, err
+    assert json.loads(out)['size'] == SIZE
+    target = tmp_path / 'out.qcow2'
+    rc, _, err = _cli(service, 'volume', 'export', 'vm:root', str(target),
+                      '--format', 'qcow2')
+    assert rc == 0, err
+    calls = _calls(rig, service, since)
+    assert calls.count('import_from_descriptor') == 1, calls
+    assert calls.count('export_to_descriptor') == 1, calls
+    assert 'write_at' not in calls and 'read_at' not in calls
+    path = service.json('volume', 'info', 'vm:root')['path']
+    assert rig.sha256(path) == hashlib.sha256(data).hexdigest()
+    compare = subprocess.run(['qemu-img', 'compare', '-f', 'qcow2', '-F',
+                              'raw', str(target), str(tmp_path / 'image.raw')],
+                             capture_output=True, text=True)
+    assert compare.returncode == 0, compare.stdout + compare.stderr
 
 
 def test_pipe_import_and_export_go_by_descriptor(service, rig):

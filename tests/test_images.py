@@ -109,25 +109,51 @@ def _volume_for(service, case, name='root'):
     return address
 
 
-def _refused(service, rig, address, path, declared):
+def _import_streamed(service, address, path, declared):
+    """The byte stream, as a remote caller or a terminal is served: the
+    image is checked by the frontend as it arrives."""
+    from volsep.frontend import client as client_module
+    c = client_module.Client(service.socket)
+    try:
+        with open(path, 'rb') as f:
+            c.import_stream(address, f, os.path.getsize(path), declared)
+    except client_module.RemoteError as err:
+        return 1, '', f'volsep: {err.error_class}: {err}'
+    finally:
+        c.close()
+    return 0, '', ''
+
+
+def _refused(service, rig, address, path, declared, how='descriptor'):
+    """``how``: 'descriptor', the CLI handing its open file over (checked
+    by the root side where it lies), or 'stream'."""
     pool_dir = f'{service.state_dir}/pools/default'
     before = _files(rig, pool_dir)
     info = service.json('volume', 'info', address)
-    rc, out, err = service.cli('volume', 'import', address, path,
-                               '--format', declared)
+    since = len(rig.read(f'{service.state_dir}/audit.log').splitlines())
+    if how == 'stream':
+        rc, out, err = _import_streamed(service, address, path, declared)
+    else:
+        rc, out, err = service.cli('volume', 'import', address, path,
+                                   '--format', declared)
     assert rc == 1, (out, err)
     assert err.startswith('volsep: UnsafeImage: '), err
     assert _files(rig, pool_dir) == before
     assert service.json('volume', 'info', address) == info
     for name in before:
         assert not corpus.host_bytes_in(rig.read(f'{pool_dir}/{name}'))
+    calls = rig.read(f'{service.state_dir}/audit.log').splitlines()[since:]
+    handed = sum(b'import_from_descriptor' in line for line in calls)
+    assert handed == (how == 'descriptor'), calls
     return err
 
 
 @_by_name(corpus.HOSTILE)
-def test_import_refuses_hostile_images(case, service, rig, tmp_path):
-    address = _volume_for(service, case)
-    _refused(service, rig, address, _craft(case, tmp_path), case.declared)
+@pytest.mark.parametrize('how', ['descriptor', 'stream'])
+def test_import_refuses_hostile_images(case, how, service, rig, tmp_path):
+    address = _volume_for(service, case, how)
+    _refused(service, rig, address, _craft(case, tmp_path), case.declared,
+             how)
 
 
 def test_import_refuses_a_virtual_size_beyond_the_pool_limit(service, rig,
@@ -141,15 +167,16 @@ def test_import_refuses_a_virtual_size_beyond_the_pool_limit(service, rig,
 
 def test_refusal_comes_before_the_rest_of_a_long_stream(service, rig,
                                                         tmp_path):
-    """A hostile header followed by 256 MiB: refused as soon as the headers
-    are read; the client sees UnsafeImage, not a broken pipe."""
+    """A hostile header followed by 256 MiB, streamed: refused as soon as
+    the headers are read; the client sees UnsafeImage, not a broken
+    pipe."""
     case = next(c for c in corpus.HOSTILE
                 if c.name == 'qcow2-backing-host-file')
     path = _craft(case, tmp_path)
     with open(path, 'ab') as f:
         f.truncate(256 << 20)
     address = _volume_for(service, case, 'long')
-    _refused(service, rig, address, path, case.declared)
+    _refused(service, rig, address, path, case.declared, 'stream')
 
 
 @_by_name(corpus.BENIGN)

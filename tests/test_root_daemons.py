@@ -48,12 +48,14 @@ def test_root_daemons_hold_only_their_own_channel(service, rig):
     """Neither daemon keeps the API's listening socket, nor the other
     daemon's channel: two sockets each (its privsep channel and its
     descriptor handover socket), none shared, and besides stdio only
-    /dev/null and the audit log they write."""
+    /dev/null, the audit log they write, and the allowed roots they walked
+    once (privileged/roots.py)."""
     service.json('volume', 'create', 'vm:root', '--pool', 'default',
                  '--size', '1M')
     daemons = sh.children_of(service.pid)
     assert len(daemons) == 2
-    allowed = ('/dev/null', f'{service.state_dir}/audit.log')
+    allowed = ('/dev/null', f'{service.state_dir}/audit.log',
+               f'{service.state_dir}/pools')   # its allowed root
     seen = set()
     for pid in daemons:
         targets = rig.fd_targets(pid)

@@ -5,7 +5,6 @@ set-up). None of it may reach outside the allowed roots, act as root
 without an audit record, or wedge the root side for good.
 """
 
-import os
 import socket
 import struct
 import textwrap
