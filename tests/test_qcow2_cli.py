@@ -61,6 +61,14 @@ def test_qcow2_volume_operations_through_the_cli(service, rig, tmp_path):
     assert b'import_from_descriptor' in rig.read(
         f'{service.state_dir}/audit.log')
     assert _export(service, 'vm:root') == second
+    # A qcow2 file goes by descriptor too, and is inspected by the root
+    # side where it lies before qemu-img reads it.
+    as_qcow2 = tmp_path / 'second.qcow2'
+    subprocess.run(['qemu-img', 'convert', '-f', 'raw', '-O', 'qcow2',
+                    str(image), str(as_qcow2)], check=True, env=ENV)
+    _ok(service, 'volume', 'import', 'vm:root', str(as_qcow2), '--format',
+        'qcow2')
+    assert _export(service, 'vm:root') == second
     before = _state(service, rig, 'vm:root')
     # A stream that ends short changes nothing.
     rc, _, err = _run(service, 'volume', 'import', 'vm:root', '-', '--size',
@@ -76,7 +84,7 @@ def test_qcow2_volume_operations_through_the_cli(service, rig, tmp_path):
     assert rc == 0, (out, err)
     # Revert to the first import, then back.
     ids = [r['id'] for r in service.json('volume', 'revisions', 'vm:root')]
-    _ok(service, 'volume', 'revert', 'vm:root', str(ids[-1]))
+    _ok(service, 'volume', 'revert', 'vm:root', str(ids[-2]))  # the first
     assert _export(service, 'vm:root') == first
     _validated(service, 'vm:root')
     _ok(service, 'volume', 'revert', 'vm:root')     # the latest: undone
