@@ -2,6 +2,7 @@
 
 import sys
 
+from bench import chain_operations
 from bench import chains
 from bench import chaos
 from bench import cli_startup
@@ -24,6 +25,8 @@ BENCHMARKS = {
     'qcow2-import': images.qcow2_import,
     'chain-validation': chains.validation,
     'chain-merges': chains.merges,
+    'qcow2-revert': chain_operations.revert,
+    'qcow2-clone': chain_operations.clone,
     'qemu-img-confinement': confinement.qemu_img,
     'api-cycle': hot_path.api_cycle,
     'concurrent-starts': hot_path.concurrent_starts,

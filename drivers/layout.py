@@ -124,6 +124,10 @@ def export(fmt='raw'):
     return f'x-{secrets.token_hex(8)}.{"img" if fmt == "raw" else fmt}'
 
 
+def is_upload(name):
+    return bool(_UPLOAD.fullmatch(name))
+
+
 def is_export(name):
     return bool(_EXPORT.fullmatch(name))
 

@@ -6,6 +6,17 @@ raw or qcow2 base, in its own directory POOL/DOMAIN/VOLUME/:
                            explicit backing format); only the base is raw
     w.qcow2                overlay of a running persistent or volatile volume
     w@<G>.qcow2            a snapshot's overlay on its source's layer L<G>
+    i.img, i.<FORMAT>      a pending import (names as in layout.py)
+    x-<hex>.img|.qcow2     an export: the committed chain flattened
+
+Revert, import, clone and resize each add one new top layer over the
+committed top, so the state they replace stays a revision below it (and
+revision ids only grow): a revert's layer holds what differs between the
+revision and the top; an import's or a clone's holds every cluster of the
+new content (a full, flattened copy: a layer shared with another volume
+could be merged or removed by that volume's own pruning); a resize's is
+an empty overlay of the new virtual size (beyond a smaller layer below, a
+qcow2 overlay reads zeros).
 
 Starting a persistent volume puts w.qcow2 on the top layer; stopping renames
 it to the next L<N>, so the old top becomes a revision. Revisions beyond
@@ -23,13 +34,16 @@ import re
 from volsep.drivers import base
 from volsep.drivers import directory
 from volsep.drivers import errors
+from volsep.drivers import layout
 from volsep.privileged import chain as root_chain
 from volsep.privileged import errors as root_errors
 from volsep.privileged import files
+from volsep.privileged import image_formats
 from volsep.privileged import qemu
 
 _LAYER = re.compile(r'L([0-9]{1,18})\.(raw|qcow2)')
 _OVERLAY = re.compile(r'w(?:@([0-9]{1,18}))?\.qcow2')
+SECTOR = 512
 
 
 @dataclasses.dataclass
@@ -37,6 +51,9 @@ class ChainListing:
     layers: dict = dataclasses.field(default_factory=dict)  # gen -> entry
     overlay: object = None
     overlay_source_gen: object = None
+    import_target: object = None
+    uploads: list = dataclasses.field(default_factory=list)
+    exports: list = dataclasses.field(default_factory=list)
     unknown: list = dataclasses.field(default_factory=list)
 
 
@@ -51,6 +68,12 @@ def parse(entries):
         elif m := _OVERLAY.fullmatch(name):
             listing.overlay = entry
             listing.overlay_source_gen = int(m[1]) if m[1] else None
+        elif name == layout.IMPORT:
+            listing.import_target = entry
+        elif layout.is_upload(name):
+            listing.uploads.append(entry)
+        elif layout.is_export(name):
+            listing.exports.append(entry)
         else:
             listing.unknown.append(entry)
     return listing
@@ -62,18 +85,7 @@ def generation(path):
 
 class Qcow2Volume(directory.DirectoryVolume):
 
-    # Not built for chains yet: clear NotSupported errors.
-    revert = base.Volume.revert
-    resize = base.Volume.resize
-    import_begin = base.Volume.import_begin
-    import_write = base.Volume.import_write
-    import_end = base.Volume.import_end
-    import_descriptor = base.Volume.import_descriptor
-    import_from = base.Volume.import_from
-    export_begin = base.Volume.export_begin
-    export_read = base.Volume.export_read
-    export_end = base.Volume.export_end
-    export_descriptor = base.Volume.export_descriptor
+    # Not built for chains yet: a clear NotSupported error.
     clear = base.Volume.clear
 
     def listing(self, listings=None):
@@ -83,6 +95,12 @@ class Qcow2Volume(directory.DirectoryVolume):
             return parse(files.list_dir(self.directory))
         except root_errors.NotFound:
             return ChainListing()
+
+    def _committed(self, listing):
+        # What a file pool's clone would copy: a chain is no single file.
+        raise errors.NotSupported(
+            f'volume {self.config.address} is a qcow2 chain: a file pool '
+            f'cannot clone it (export it and import the export instead)')
 
     def _relative(self, name):
         return f'{self.config.domain}/{self.config.name}/{name}'
@@ -232,10 +250,18 @@ class Qcow2Volume(directory.DirectoryVolume):
 
     def tidy(self, keep_import=False):
         """Finish what a crash interrupted: adopt a committed overlay the
-        record missed, complete an interrupted prune, drop layers outside
-        the record, prune. Returns the listing. (This driver has no
-        imports, so there is never one to keep.)"""
+        record missed (a stop's, a revert's, an import's, a clone's or a
+        resize's new top), complete an interrupted prune, drop layers
+        outside the record, exports and (unless ``keep_import``) pending
+        imports, prune. Returns the listing."""
         listing = self.listing()
+        leftovers = listing.exports + ([] if keep_import else (
+            listing.uploads + ([listing.import_target]
+                               if listing.import_target else [])))
+        for entry in leftovers:
+            files.unlink(self._path(entry['name']))
+        if leftovers:
+            listing = self.listing()
         if self.config.kind != 'persistent' or not self.config.chain:
             return listing
         top, fmt = self._top()
@@ -260,6 +286,120 @@ class Qcow2Volume(directory.DirectoryVolume):
         self._prune()
         return self.listing()
 
+    # -- new top layers: revert, import, clone, resize ---------------------
+
+    def _next_layer(self, listing):
+        """The path of a new top layer: the next generation above every
+        layer on disk."""
+        return self._path(f'L{max(listing.layers, default=0) + 1}.qcow2')
+
+    def _push(self, new_chain):
+        """Record the chain a root call returned (a new top over the
+        recorded one), then merge away revisions beyond the limit."""
+        self.set_record(new_chain)
+        self._prune()
+
+    def _check_stopped(self, listing, what):
+        if listing.overlay is not None:
+            raise errors.VolumeBusy(
+                f'volume {self.config.address} has an uncommitted overlay '
+                f'(dirty or running); stop it before {what}')
+
+    def _check_sectors(self, size, what):
+        # qemu-img would round a qcow2 layer's size up, silently.
+        if size % SECTOR:
+            raise errors.InvalidArgument(
+                f'{what} {self.config.address}: a qcow2 volume is a whole '
+                f'number of {SECTOR}-byte sectors, not {size} bytes')
+
+    def revert(self, revision=None):
+        listing = self.tidy()
+        self._check_stopped(listing, 'reverting')
+        layers = self.recorded()
+        ids = [generation(path) for path, _ in layers[1:]]
+        if not ids:
+            raise errors.RevisionNotFound(
+                f'volume {self.config.address} has no revisions')
+        if revision is None:
+            index = 1
+        elif revision in ids:
+            index = ids.index(revision) + 1
+        else:
+            raise errors.RevisionNotFound(
+                f'volume {self.config.address} has no revision {revision}')
+        self._push(root_chain.revert(layers, index,
+                                     self._next_layer(listing)))
+
+    def resize(self, size, allow_shrink, running):
+        if running:
+            # qemu-img must not change an image a hypervisor has open, and
+            # a new layer would not reach the guest until it reopens its
+            # disk: refused rather than half done.
+            raise errors.VolumeBusy(
+                f'volume {self.config.address} is running: a qcow2 volume '
+                f'is resized while stopped')
+        self._check_sectors(size, 'resizing')
+        if self.config.kind != 'persistent':
+            return  # a stopped volatile volume takes its size at start
+        listing = self.tidy()
+        self._check_stopped(listing, 'resizing')
+        top, fmt = self._top()
+        new = self._next_layer(listing)
+        qemu.create(new, 'qcow2', size, backing=top, backing_fmt=fmt)
+        self._push([[new, 'qcow2']] + self.recorded())
+
+    def import_begin(self, size, fmt='raw'):
+        listing = self.listing()
+        if listing.import_target is not None or listing.uploads:
+            raise errors.VolumeBusy(
+                f'volume {self.config.address} already has an import pending')
+        self._check_stopped(listing, 'importing')
+        if fmt == 'raw':   # the stream is the volume
+            self._check_sectors(size, 'importing into')
+        self.verify()
+        path = self._path(layout.upload(fmt))
+        files.create(path, size)
+        return path
+
+    def import_end(self, success, fmt='raw'):
+        listing = self.listing()
+        upload = layout.upload(fmt)
+        pending = sorted({e['name'] for e in listing.uploads} | (
+            {layout.IMPORT} if listing.import_target else set()))
+        if upload not in pending:
+            raise errors.InvalidArgument(
+                f'volume {self.config.address} has no {fmt} import pending')
+        if success:
+            # The root side checks the image again on a frozen copy.
+            self._push(root_chain.import_image(
+                self.recorded(), self._path(upload), fmt,
+                self._next_layer(listing)))
+        for name in pending:
+            files.unlink(self._path(name))
+
+    def import_from(self, source):
+        """Replace the committed content with a flattened copy of another
+        volume's (of this pool or a file pool)."""
+        listing = self.tidy()
+        self._check_stopped(listing, 'cloning into it')
+        self._push(root_chain.copy_chain(
+            self.recorded(), _committed_chain(source),
+            self._next_layer(listing)))
+
+    # -- export ------------------------------------------------------------
+
+    def export_begin(self, fmt='raw'):
+        """A private flattened copy of the committed chain, in ``fmt``;
+        commits while it is read (the hypervisor writes only its overlay)
+        do not change it."""
+        if fmt not in qemu.OUTPUT_FORMATS:
+            raise errors.InvalidArgument(f'a qcow2 volume exports raw or '
+                                         f'qcow2, not {fmt!r}')
+        self.verify()
+        target = self._path(layout.export(fmt))
+        root_chain.export(self.recorded(), fmt, target)
+        return {'path': target, 'size': files.stat_path(target)['size']}
+
     def lacks_working_copy(self, listing):
         """Whether a running volume has lost its overlay: only a stop
         removes it (see Manager.reconcile)."""
@@ -270,7 +410,9 @@ class Qcow2Volume(directory.DirectoryVolume):
     def needs_attention(self, listing, running):
         recorded = {generation(p) for p, _ in self.config.chain}
         keep = max(self.config.revisions_to_keep, 0)
-        return bool((self.config.kind == 'persistent' and
+        return bool(listing.exports or listing.uploads or
+                    listing.import_target is not None or
+                    (self.config.kind == 'persistent' and
                      (set(listing.layers) != recorded or
                       len(self.config.chain) - 1 > keep)) or
                     (not running and listing.overlay is not None))
@@ -323,7 +465,8 @@ class Qcow2Volume(directory.DirectoryVolume):
         return {'size': size, 'usage': usage, 'format': fmt,
                 'is_dirty': kind == 'persistent' and overlay is not None,
                 'is_outdated': outdated, 'path': path,
-                'import_pending': False,
+                'import_pending': bool(listing.import_target or
+                                      listing.uploads),
                 'has_working_copy': overlay is not None,
                 'damaged': damaged}
 
@@ -347,11 +490,26 @@ class Qcow2Volume(directory.DirectoryVolume):
         return below
 
 
+def _committed_chain(volume):
+    """A clone source's committed data as a chain, top first."""
+    if isinstance(volume, Qcow2Volume):
+        volume.verify()
+        return volume.recorded()
+    if isinstance(volume, directory.DirectoryVolume):
+        _, entry = volume._committed(volume.listing())
+        return [[volume._path(entry['name']), 'raw']]
+    raise errors.NotSupported(
+        f'pool {volume.pool.name} (driver {volume.pool.driver}) cannot be '
+        f'cloned into a qcow2 pool')
+
+
 class Qcow2Pool(directory.DirectoryPool):
     driver = 'qcow2'
     volume_class = Qcow2Volume
     capabilities = dataclasses.replace(
-        base.Capabilities(), volume_formats=('raw', 'qcow2'), chains=True)
+        base.Capabilities(), volume_formats=('raw', 'qcow2'), chains=True,
+        revert=True, import_formats=image_formats.FORMATS,
+        export_formats=qemu.OUTPUT_FORMATS, descriptors=True)
 
     def listings(self):
         try:

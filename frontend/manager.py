@@ -798,7 +798,7 @@ class Manager:
             volume.resize(size, allow_shrink=size < current, running=running)
             if config.kind == 'volatile':
                 config.size = size
-                self._save_domain(config.domain)
+            self._save_domain(config.domain)  # a chain may have grown
         return self.volume_info(address)
 
     def revisions(self, address):
@@ -829,6 +829,7 @@ class Manager:
                         volume.state()['size'],
                         f'reverting {address} to revision {target[0]["id"]}')
             volume.revert(revision)
+            self._save_domain(config.domain)  # a chain may have grown
         return self.volume_info(address)
 
     def _check_stopped_persistent(self, config, what):
@@ -976,6 +977,7 @@ class Manager:
             finally:
                 self._importing.pop(config.vid, None)
                 self._release(pending.pool, pending.reserved)
+            self._save_domain(config.domain)  # a chain may have grown
         return self.volume_info(address)
 
     @staticmethod
@@ -1051,6 +1053,7 @@ class Manager:
                              f'cloning {source_address} into '
                              f'{target_address}')
             target_volume.import_from(self._volume(source))
+            self._save_domain(target.domain)  # a chain may have grown
         return self.volume_info(target_address)
 
     def clear(self, address):

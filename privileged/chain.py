@@ -20,6 +20,7 @@ kernel. It may write only the layers the job changes.
 """
 
 import contextlib
+import json
 import os
 import struct
 
@@ -27,6 +28,7 @@ from volsep.privileged import audit
 from volsep.privileged import contexts
 from volsep.privileged import errors
 from volsep.privileged import files
+from volsep.privileged import image_formats
 from volsep.privileged import images
 from volsep.privileged import inuse
 from volsep.privileged import paths
@@ -182,6 +184,20 @@ def _index(value, low, high, name):
     return value
 
 
+def _check_no_shrink(layers):
+    """commit grows base to the top's size but never shrinks it: below a
+    layer smaller than the one under it (a forced shrink), base's tail
+    would show again, so such a range is refused (a pull is safe)."""
+    sizes = [_virtual_size(layer) for layer in layers]
+    for index in range(len(layers) - 1):
+        if sizes[index] < sizes[index + 1]:
+            raise errors.InvalidArgument(
+                f'{layers[index].path} ({sizes[index]} bytes) is smaller '
+                f'than the layer below it ({sizes[index + 1]} bytes): '
+                f'committing through it would bring back data a shrink '
+                f'removed; pull instead')
+
+
 @contexts.long_jobs.entrypoint
 @audit.audited
 def commit(layers, top, base):
@@ -190,6 +206,7 @@ def commit(layers, top, base):
     with _checked(layers) as chain:
         base = _index(base, 1, len(chain) - 1, 'base')
         top = _index(top, 0, base - 1, 'top')
+        _check_no_shrink(chain[top:base + 1])
         _run(['commit', '-q', '-f', 'qcow2', '-t', 'writeback', '-d', '-b',
               chain[base].path], chain, chain[top], chain[top:base + 1])
         os.fsync(chain[base].fd)
@@ -233,3 +250,144 @@ def pull(layers, top, base):
             files.remove_file(layer.path, held=layer.st)
         return [[layer.path, layer.fmt]
                 for layer in chain[:top + 1] + chain[base:]]
+
+
+# -- whole new layers: revert, import, clone, export -------------------------
+#
+# Each builds one new image unnamed (O_TMPFILE) beside ``new`` and names it
+# only once it is complete and flushed: a crash at any instant leaves either
+# no file or the whole image. A new top layer's header names the chain's
+# top as its backing file, so the frontend's record (or, after a crash, its
+# tidy) can adopt it as the next layer.
+
+def _check_beside(path, layer):
+    """A new image of a chain's volume goes in its top layer's directory,
+    nowhere else (not into another volume's, nor another pool's)."""
+    if os.path.dirname(path) != os.path.dirname(layer.path):
+        raise errors.InvalidArgument(
+            f'{path} is not beside the chain\'s top layer {layer.path}')
+
+
+@contextlib.contextmanager
+def _unnamed_beside(path, layer, durable=True):
+    _check_beside(path, layer)
+    with paths.parent_of(path) as (parent, name):
+        with paths.anonymous_file(parent, 0o600) as fd:
+            yield fd
+            if durable:
+                os.fsync(fd)
+            paths.publish(fd, parent, name, path)
+        if durable:
+            paths.fsync_directory(parent)
+
+
+def _create_overlay(fd, below, size, what):
+    """Write into the empty file ``fd`` a qcow2 header backed by the
+    checked layer ``below``; nothing is opened (-u)."""
+    qemu.run_img(['create', '-q', '-f', 'qcow2', '-u', '-b', below.path,
+                  '-F', below.fmt, qemu.fd_path(fd), str(size)], what,
+                 writable=(fd,))
+
+
+def _virtual_size(layer):
+    return _describe(layer.fd, layer.st, layer.path, layer.fmt)[
+        'virtual_size']
+
+
+def _new_top(chain, new):
+    return [[new, 'qcow2']] + [[layer.path, layer.fmt] for layer in chain]
+
+
+def _fill(chain, fd, new, src_argv, src_fds, size):
+    """A new top layer over ``chain`` whose every cluster holds the data
+    of the source (``src_argv``: qemu-img's options and name for it), so
+    nothing of the old chain shows through: ``convert -n`` into an overlay
+    writes zeros explicitly where the source reads as zeros."""
+    _create_overlay(fd, chain[0], size, new)
+    qemu.run_img(['convert', '-q', '-n', '-t', 'writeback', *src_argv,
+                  '-O', 'qcow2', qemu.fd_path(fd)], new,
+                 readable=[layer.fd for layer in chain] + list(src_fds),
+                 writable=(fd,))
+
+
+@contexts.long_jobs.entrypoint
+@audit.audited
+def revert(layers, index, new):
+    """A new top layer ``new`` over the chain whose content is the content
+    of the chain from layer ``index`` down (a revision), so the state
+    reverted from stays in the chain below it. Returns the new chain."""
+    with _checked(layers) as chain:
+        index = _index(index, 1, len(chain) - 1, 'index')
+        target = chain[index]
+        with _unnamed_beside(new, chain[0]) as fd:
+            # An overlay on the revision reads as the revision; a safe
+            # rebase onto the top then writes into it every cluster where
+            # the top's view differs, and only then names the top.
+            _create_overlay(fd, target, _virtual_size(target), new)
+            qemu.run_img(['rebase', '-q', '-f', 'qcow2', '-t', 'writeback',
+                          '-b', chain[0].path, '-F', chain[0].fmt,
+                          qemu.fd_path(fd)], new,
+                         readable=[layer.fd for layer in chain],
+                         writable=(fd,))
+        return _new_top(chain, new)
+
+
+def _qemu_virtual_size(fd, fmt, path):
+    """The virtual size qemu-img reads (it converts by it), which may
+    differ from the inspector's (a VHD's geometry)."""
+    out = qemu.run_img(['info', '-f', fmt, '--output=json',
+                        qemu.fd_path(fd)], path, readable=(fd,))
+    try:
+        size = json.loads(out)['virtual-size']
+    except (ValueError, TypeError, KeyError):
+        raise errors.InvalidImage(f'{path}: qemu-img info gave no virtual '
+                                  f'size') from None
+    return validate.size(size, 'virtual size')
+
+
+@contexts.long_jobs.entrypoint
+@audit.audited
+def import_image(layers, src, src_fmt, new):
+    """A new top layer ``new`` over the chain holding all of the image
+    ``src`` (declared format; a non-raw one is checked on a private frozen
+    copy, as for every import). Returns the new chain."""
+    validate.choice(src_fmt, image_formats.FORMATS, 'source format')
+    with contextlib.ExitStack() as stack:
+        chain = stack.enter_context(_checked(layers))
+        _check_beside(src, chain[0])   # the volume's own upload, only
+        parent, _ = stack.enter_context(paths.parent_of(new))
+        src_fd = stack.enter_context(qemu.frozen_source(src, src_fmt,
+                                                        parent))
+        fmt = images.qemu_name(src_fmt)
+        size = _qemu_virtual_size(src_fd, fmt, src)
+        with _unnamed_beside(new, chain[0]) as fd:
+            _fill(chain, fd, new, ['-f', fmt, qemu.fd_path(src_fd)],
+                  (src_fd,), size)
+        return _new_top(chain, new)
+
+
+@contexts.long_jobs.entrypoint
+@audit.audited
+def copy_chain(layers, source_layers, new):
+    """A new top layer ``new`` over the chain holding the content of
+    another checked chain (a clone's source). Returns the new chain."""
+    with _checked(layers) as chain, _checked(source_layers) as source:
+        with _unnamed_beside(new, chain[0]) as fd:
+            _fill(chain, fd, new, ['-f', source[0].fmt,
+                                   qemu.fd_path(source[0].fd)],
+                  [layer.fd for layer in source], _virtual_size(source[0]))
+        return _new_top(chain, new)
+
+
+@contexts.long_jobs.entrypoint
+@audit.audited
+def export(layers, fmt, target):
+    """The chain's content flattened into a new standalone image
+    ``target`` in ``fmt``. Not flushed: a crash loses only the export."""
+    validate.choice(fmt, qemu.OUTPUT_FORMATS, 'export format')
+    with _checked(layers) as chain, _unnamed_beside(target, chain[0],
+                                                    durable=False) as fd:
+        qemu.run_img(['convert', '-q', '-U', '-f', chain[0].fmt, '-O', fmt,
+                      '-t', 'writeback', qemu.fd_path(chain[0].fd),
+                      qemu.fd_path(fd)], target,
+                     readable=[layer.fd for layer in chain], writable=(fd,))

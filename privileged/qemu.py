@@ -126,7 +126,7 @@ def create(path, fmt, size, backing=None, backing_fmt=None, mode=0o600):
 
 
 @contextlib.contextmanager
-def _frozen_source(src, fmt, parent):
+def frozen_source(src, fmt, parent):
     """A descriptor of ``src`` that nobody else can change: for a non-raw
     image, a private clone (a copy where the filesystem cannot clone) that
     passes the image rules, so what was checked is what qemu-img reads."""
@@ -151,7 +151,7 @@ def convert(src, src_fmt, dst, dst_fmt, mode=0o600):
     validate.choice(dst_fmt, OUTPUT_FORMATS, 'target format')
     validate.file_mode(mode)
     with paths.parent_of(dst) as (parent, name), \
-            _frozen_source(src, src_fmt, parent) as src_fd:
+            frozen_source(src, src_fmt, parent) as src_fd:
         with paths.anonymous_file(parent, mode) as fd:
             cache = 'none' if _direct_io_works(fd) else 'writeback'
             run_img(['convert', '-q', '-f', images.qemu_name(src_fmt),

@@ -5,8 +5,10 @@ as root, forks the privileged daemons, drops to the test user.
 
 Phases:
   op     prepare a volume, then run one operation; with kill_at=N, kill the
-         frontend (this process) or the file daemon right after the N-th
-         privileged call. Prints JSON lines as it goes.
+         frontend (this process), the file daemon or the long-jobs daemon
+         right after the N-th privileged call; with target=jobs-during,
+         kill the long-jobs daemon while its qemu-img child runs. Prints
+         JSON lines as it goes.
   check  restart: load the state, reconcile, report; then stop/start/stop
          the domain and report again.
 """
@@ -16,6 +18,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 
 from oslo_privsep import daemon as privsep_daemon
@@ -37,15 +40,51 @@ def _committed(mgr, address='vm:root'):
     return mgr.volume_info(address)['path']
 
 
+def _is_chain(mgr, address='vm:root'):
+    return mgr._pool(mgr._config(address).pool).capabilities.chains
+
+
 def _digest(mgr, address='vm:root'):
-    return rig.sha256(_committed(mgr, address))
+    """Of the committed content: the image, or the chain as a guest reads
+    it (converted to raw by qemu-img)."""
+    if not _is_chain(mgr, address):
+        return rig.sha256(_committed(mgr, address))
+    top, fmt = mgr._volume(mgr._config(address)).recorded()[0]
+    view = f'{os.path.dirname(mgr._pool("p").dir_path)}/view.raw'
+    rc, _, err = rig.run(['qemu-img', 'convert', '-U', '-f', fmt, '-O',
+                          'raw', top, view])
+    if rc != 0:
+        return f'unreadable: {err.decode()}'
+    try:
+        return rig.sha256(view)
+    finally:
+        rig.run(['rm', '-f', view])
 
 
 def _ids(mgr, address='vm:root'):
     volume = mgr._volume(mgr._config(address))
     listing = volume.listing()
+    if _is_chain(mgr, address):
+        return sorted(listing.layers)
     return sorted([g for g, _ in listing.committed] +
                   [r.id for r in listing.revisions])
+
+
+def _chain_check(mgr, address='vm:root'):
+    """'valid' when the record matches the headers and names exactly the
+    layers on disk, else what is wrong."""
+    if not _is_chain(mgr, address):
+        return 'valid'
+    try:
+        mgr.chain_validate(address)
+    except Exception as err:  # noqa: BLE001 - reported to the test
+        return f'{type(err).__name__}: {err}'
+    from volsep.drivers import qcow2
+    recorded = sorted(qcow2.generation(path) for path, _ in
+                      mgr._volume(mgr._config(address)).recorded())
+    if recorded != _ids(mgr, address):
+        return f'record {recorded} but layers {_ids(mgr, address)} on disk'
+    return 'valid'
 
 
 def _names(mgr, address='vm:root'):
@@ -53,9 +92,18 @@ def _names(mgr, address='vm:root'):
     return sorted(e['name'] for e in files.list_dir(volume.directory))
 
 
+def _guest_write(path, fmt, data):
+    if fmt == 'raw':
+        rig.pwrite(path, 0, data)
+        return
+    rc, _, err = rig.run(['qemu-io', '-f', fmt, '-c',
+                          f'write -P {data[0]} 0 {len(data)}', path])
+    assert rc == 0, err
+
+
 def _commit(mgr, domain, data):
-    path = mgr.start_domain(domain)[0]['path']
-    rig.pwrite(path, 0, data)
+    started = mgr.start_domain(domain)[0]
+    _guest_write(started['path'], started['format'], data)
     mgr.stop_domain(domain)
 
 
@@ -72,8 +120,8 @@ def prepare(mgr, spec):
         # A volatile volume beside it: a stop cut short must never leave
         # the domain running with that working copy gone.
         mgr.create_volume('vm:tmp', 'p', SIZE, kind='volatile')
-        path = mgr.start_domain('vm')[0]['path']
-        rig.pwrite(path, 0, b'B' * 65536)
+        started = mgr.start_domain('vm')[0]
+        _guest_write(started['path'], started['format'], b'B' * 65536)
         return lambda: mgr.stop_domain('vm')
     if op == 'revert':
         _commit(mgr, 'vm', b'C' * 65536)
@@ -84,6 +132,8 @@ def prepare(mgr, spec):
         return lambda: mgr.import_end('vm:root', True)
     if op == 'resize':
         return lambda: mgr.resize('vm:root', 8 * MiB)
+    if op == 'export':
+        return lambda: mgr.export_begin('vm:root', 'qcow2')
     if op == 'clone':
         mgr.create_volume('src:root', 'p', SIZE)
         _commit(mgr, 'src', b'E' * 65536)
@@ -99,9 +149,10 @@ def _wait_until_channel_down(ctx):
         time.sleep(0.01)
 
 
-def arm(kill_at, target, daemon_pid):
+def arm(kill_at, target, daemons):
     """Count volsep's privileged calls; right after the kill_at-th one
-    returns, SIGKILL this frontend or the file daemon."""
+    returns, SIGKILL this frontend, the file daemon ('daemon') or the
+    long-jobs daemon ('jobs')."""
     original = privsep_daemon._ClientChannel.remote_call
     state = {'calls': 0}
 
@@ -116,16 +167,46 @@ def arm(kill_at, target, daemon_pid):
                 emit(killed_after=kill_at, target=target, call=name)
                 if target == 'frontend':
                     os.kill(os.getpid(), signal.SIGKILL)
-                rig.kill(daemon_pid)
-                _wait_until_channel_down(contexts.file_ops)
+                pid, context = daemons[target]
+                rig.kill(pid)
+                _wait_until_channel_down(context)
     privsep_daemon._ClientChannel.remote_call = counted
     return state
 
 
-def phase_op(mgr, spec, daemon_pid):
+# The qemu-img command that moves an operation's data.
+DATA_COMMANDS = {'revert': 'rebase', 'import': 'convert', 'clone': 'convert',
+                 'export': 'convert'}
+
+
+def kill_during_qemu_img(daemons, op):
+    """In the background: SIGKILL the long-jobs daemon while its qemu-img
+    child moves the operation's data, in the middle of a privileged
+    call."""
+    pid, _ = daemons['jobs']
+    command = DATA_COMMANDS[op]
+
+    def watch():
+        if rig.kill_while_child_runs(pid, ['/usr/bin/qemu-img', command],
+                                     60):
+            emit(killed_during=f'qemu-img {command}')
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    return watcher
+
+
+def phase_op(mgr, spec, daemons):
     action = prepare(mgr, spec)
     emit(old=_digest(mgr), ids=_ids(mgr))
-    state = arm(spec.get('kill_at', 0), spec.get('target'), daemon_pid)
+    if spec.get('target') == 'jobs-during':
+        watcher = kill_during_qemu_img(daemons, spec['op'])
+        try:
+            action()
+        except Exception as err:  # noqa: BLE001 - reported to the test
+            emit(failed=f'{type(err).__name__}: {err}')
+        watcher.join(timeout=1)
+        return
+    state = arm(spec.get('kill_at', 0), spec.get('target'), daemons)
     try:
         action()
     except Exception as err:  # noqa: BLE001 - reported to the test
@@ -134,9 +215,10 @@ def phase_op(mgr, spec, daemon_pid):
     emit(calls=state['calls'], new=_digest(mgr), ids_after=_ids(mgr))
 
 
-def phase_check(mgr, spec, daemon_pid):
+def phase_check(mgr, spec, daemons):
     mgr.reconcile()
     emit(reconciled=_digest(mgr), names=_names(mgr), ids=_ids(mgr),
+         chain=_chain_check(mgr),
          running=mgr.domains['vm'].running,
          unattached=[c.address for c in mgr.domains['vm'].volumes.values()
                      if mgr.volume_info(c.address)['path'] is None])
@@ -145,6 +227,7 @@ def phase_check(mgr, spec, daemon_pid):
     mgr.start_domain('vm')
     mgr.stop_domain('vm')
     emit(cycled=_digest(mgr), names_after=_names(mgr),
+         chain_after=_chain_check(mgr),
          ids_after=_ids(mgr), revisions=[r['id'] for r in
                                          mgr.revisions('vm:root')])
 
@@ -157,12 +240,14 @@ def main():
     from volsep.frontend import manager as manager_module
     from volsep.frontend import privsep_start
     privsep_start.start_daemons()
-    file_daemon = procs.children()[0]
+    file_daemon, jobs_daemon = procs.children()[:2]   # as contexts.ALL
+    daemons = {'daemon': (file_daemon, contexts.file_ops),
+               'jobs': (jobs_daemon, contexts.long_jobs)}
     rig.ctx.start(rig.priv_context.Method.FORK)
     privsep_start.drop_privileges(os.environ['VOLSEP_TEST_USER'])
     mgr = manager_module.Manager(spec['state_dir'])
     {'op': phase_op, 'check': phase_check}[spec['phase']](
-        mgr, spec, file_daemon)
+        mgr, spec, daemons)
 
 
 if __name__ == '__main__':

@@ -12,6 +12,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import time
 
 from oslo_privsep import priv_context
 
@@ -284,6 +285,28 @@ def fd_targets(pid):
         except FileNotFoundError:
             continue
     return result
+
+
+@ctx.entrypoint
+def kill_while_child_runs(pid, argv, timeout):
+    """SIGKILL ``pid`` as soon as one of its children runs with exactly
+    ``argv`` as the start of its command line; whether that happened
+    within ``timeout`` seconds."""
+    from tests import procs
+    wanted = ('\0'.join(argv) + '\0').encode()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for child in procs.children(pid):
+            try:
+                with open(f'/proc/{child}/cmdline', 'rb') as f:
+                    running = f.read()
+            except FileNotFoundError:
+                continue
+            if running.startswith(wanted):
+                os.kill(pid, signal.SIGKILL)
+                return True
+        time.sleep(0.0005)
+    return False
 
 
 @ctx.entrypoint

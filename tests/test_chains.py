@@ -341,13 +341,9 @@ def _live_chain(xml):
     return chain
 
 
-@pytest.mark.parametrize('layers', [1, 2, 4])
-@pytest.mark.parametrize('base_fmt', ['raw', 'qcow2'])
-def test_libvirt_probes_the_chain_volsep_records(pool, rig, tmp_path,
-                                                 libvirtd, layers, base_fmt):
-    mgr, _ = pool
-    domain = f'oracle{uuid.uuid4().hex[:8]}'
-    record = _layered(mgr, rig, f'{domain}:root', layers, base_fmt)
+def libvirt_probes(mgr, rig, tmp_path, domain):
+    """The chain libvirt probes on its own for the domain's one disk, given
+    volsep's disk XML without any <backingStore>."""
     full = mgr.disk_xml(domain, full=True)
     path = _validate_xml(rig, tmp_path, full, 'domain')
     _run(rig, VIRSH + ['define', '--validate', path])
@@ -357,7 +353,7 @@ def test_libvirt_probes_the_chain_volsep_records(pool, rig, tmp_path,
         if store.getparent().tag == 'disk':
             store.getparent().remove(store)
     assert bare.find('.//backingStore') is None
-    bare_path = tmp_path / 'bare.xml'
+    bare_path = tmp_path / f'bare-{uuid.uuid4().hex[:6]}.xml'
     bare_path.write_bytes(etree.tostring(bare))
     _run(rig, VIRSH + ['define', str(bare_path)])
     try:
@@ -366,7 +362,17 @@ def test_libvirt_probes_the_chain_volsep_records(pool, rig, tmp_path,
         _run(rig, VIRSH + ['destroy', domain])
     finally:
         rig.run(VIRSH + ['undefine', domain])
-    assert _live_chain(live) == record
+    return _live_chain(live)
+
+
+@pytest.mark.parametrize('layers', [1, 2, 4])
+@pytest.mark.parametrize('base_fmt', ['raw', 'qcow2'])
+def test_libvirt_probes_the_chain_volsep_records(pool, rig, tmp_path,
+                                                 libvirtd, layers, base_fmt):
+    mgr, _ = pool
+    domain = f'oracle{uuid.uuid4().hex[:8]}'
+    record = _layered(mgr, rig, f'{domain}:root', layers, base_fmt)
+    assert libvirt_probes(mgr, rig, tmp_path, domain) == record
 
 
 def test_cli_xml_commands_validate(rig, tmp_path):

@@ -255,7 +255,7 @@ def _left(tmp_path):
 
 
 def test_failed_export_leaves_the_target_and_no_temporary_file(
-        service, tmp_path):
+        service, rig, tmp_path):
     pool_dir = f'{service.state_dir}/pools/chains'
     service.json('pool', 'add', 'chains', 'qcow2', '-o',
                  f'dir_path={pool_dir}')
@@ -266,8 +266,10 @@ def test_failed_export_leaves_the_target_and_no_temporary_file(
     work = tmp_path / 'out'
     work.mkdir()
     target, original = _precious(work)
+    # A chain whose committed top is gone cannot be exported.
+    rig.run(['rm', service.json('volume', 'info', 'db:root')['path']])
     for volume, error_class in (('nosuch:vol', 'VolumeNotFound'),
-                                ('db:root', 'NotSupported'),
+                                ('db:root', 'StorageError'),
                                 ('vm:tmp', 'InvalidArgument')):
         for force in ((), ('--force',)):
             rc, out, err = _run(service, 'volume', 'export', volume,
