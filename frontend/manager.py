@@ -413,7 +413,15 @@ class Manager:
     def _check_no_overlap(self, pool):
         """A pool's directory may not be another pool's, lie inside one
         (a volume's directory included) or contain one: each pool owns
-        everything below its directory."""
+        everything below its directory. Nor may two pools claim the same
+        storage (an LVM thin pool)."""
+        claims = getattr(pool, 'claims', set)()
+        for other in sorted(self.pools.values(), key=lambda p: p.name):
+            shared = claims & getattr(other, 'claims', set)()
+            if shared:
+                raise errors.InvalidArgument(
+                    f'pool {pool.name}: {", ".join(sorted(shared))} is used '
+                    f'by pool {other.name} already')
         new = pool.options.get('dir_path')
         if not new:
             return

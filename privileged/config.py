@@ -7,6 +7,7 @@ from the daemon's own environment (inherited at fork time from the process
 that was still root, or reset by sudo for the helper start method).
 """
 
+import dataclasses
 import os
 import stat
 import threading
@@ -40,12 +41,39 @@ _OPTS = [
                     'monitors and the client\'s keyring (root-only).'),
     cfg.StrOpt('ceph_client', default='volsep',
                help='Ceph client id (client.ID) of the root side.'),
+    cfg.ListOpt('allowed_thin_pools', default=[],
+                help='LVM thin pools (VG/POOL) in which the root side may '
+                     'create, rename, resize, activate and remove volsep\'s '
+                     'thin LVs (the lvm_thin driver); empty: none.'),
+    cfg.StrOpt('lvm_command', default='/sbin/lvm',
+               help='Absolute path of the lvm tool the root side runs.'),
+    cfg.BoolOpt('lvm_udev', default=True,
+                help='Whether udev makes the device nodes of activated LVs; '
+                     'false on hosts without a running udev (LVM then '
+                     'makes them itself).'),
+    cfg.StrOpt('lvm_extra_config', default='',
+               help='Extra LVM configuration passed to every lvm command '
+                    'with --config (for example backup{backup=0} on a host '
+                    'whose /etc/lvm is read-only).'),
+    cfg.IntOpt('lvm_command_seconds', default=300, min=1,
+               help='Wall-clock limit of one lvm command: one that hangs '
+                    '(a suspended device, say) is killed, so it cannot hold '
+                    'a root daemon thread for good.'),
 ]
+
+
+@dataclasses.dataclass(frozen=True)
+class LvmConfig:
+    thin_pools: tuple = ()
+    command: str = '/sbin/lvm'
+    udev: bool = True
+    extra_config: str = ''
+    command_seconds: int = 300
 
 
 class RootConfig:
     def __init__(self, allowed_roots, audit_log, cpu_seconds, as_bytes,
-                 wall_seconds, ceph=None):
+                 wall_seconds, ceph=None, lvm=None):
         self.allowed_roots = allowed_roots
         self.audit_log = audit_log
         self.qemu_img_cpu_seconds = cpu_seconds
@@ -53,6 +81,7 @@ class RootConfig:
         self.qemu_img_wall_seconds = wall_seconds
         # (pools, conf path, client id) for the rbd entrypoints.
         self.ceph = ceph or ((), None, None)
+        self.lvm = lvm or LvmConfig()
 
 
 _lock = threading.Lock()
@@ -107,7 +136,11 @@ def load():
                 section.qemu_img_address_space_mib * 1024 * 1024,
                 section.qemu_img_wall_seconds,
                 (tuple(section.ceph_pools), section.ceph_conf,
-                 section.ceph_client))
+                 section.ceph_client),
+                LvmConfig(tuple(section.allowed_thin_pools),
+                          section.lvm_command, section.lvm_udev,
+                          section.lvm_extra_config,
+                          section.lvm_command_seconds))
         return _loaded
 
 
