@@ -44,9 +44,16 @@ def _is_chain(mgr, address='vm:root'):
     return mgr._pool(mgr._config(address).pool).capabilities.chains
 
 
+def _is_lvm(mgr, address='vm:root'):
+    return mgr._pool(mgr._config(address).pool).driver == 'lvm_thin'
+
+
 def _digest(mgr, address='vm:root'):
     """Of the committed content: the image, or the chain as a guest reads
     it (converted to raw by qemu-img)."""
+    if _is_lvm(mgr, address):
+        from tests.guest import lvm_helpers
+        return lvm_helpers.digest(rig, _committed(mgr, address))
     if not _is_chain(mgr, address):
         return rig.sha256(_committed(mgr, address))
     top, fmt = mgr._volume(mgr._config(address)).recorded()[0]
@@ -66,6 +73,8 @@ def _ids(mgr, address='vm:root'):
     listing = volume.listing()
     if _is_chain(mgr, address):
         return sorted(listing.layers)
+    if _is_lvm(mgr, address):
+        return sorted(listing.generations)
     return sorted([g for g, _ in listing.committed] +
                   [r.id for r in listing.revisions])
 
@@ -88,7 +97,14 @@ def _chain_check(mgr, address='vm:root'):
 
 
 def _names(mgr, address='vm:root'):
+    """The volume's files, or for lvm_thin the suffixes of its LVs."""
     volume = mgr._volume(mgr._config(address))
+    if _is_lvm(mgr, address):
+        listing = volume.listing()
+        others = {'w': listing.working, 't': listing.building,
+                  'e': listing.export}
+        return sorted([f'c{g}' for g in listing.generations] +
+                      [suffix for suffix, lv in others.items() if lv])
     return sorted(e['name'] for e in files.list_dir(volume.directory))
 
 
@@ -109,7 +125,9 @@ def _commit(mgr, domain, data):
 
 def prepare(mgr, spec):
     """Build the pre-state; return the operation to run."""
-    mgr.add_pool('p', spec['driver'], [('dir_path', spec['pool_dir'])] +
+    location = [('dir_path', spec['pool_dir'])] if 'pool_dir' in spec \
+        else []
+    mgr.add_pool('p', spec['driver'], location +
                  [tuple(o) for o in spec.get('options', [])])
     mgr.create_volume('vm:root', 'p', SIZE, revisions_to_keep=2)
     _commit(mgr, 'vm', b'A' * 65536)
