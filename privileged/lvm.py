@@ -22,9 +22,8 @@ from volsep.privileged import lvm_tool
 from volsep.privileged import validate
 
 _LV_FIELDS = ('lv_name', 'lv_size', 'lv_time', 'origin', 'lv_active',
-              'pool_lv', 'segtype', 'lv_attr')
-_POOL_FIELDS = ('lv_name', 'lv_size', 'data_percent', 'metadata_percent',
-                'lv_metadata_size', 'segtype', 'lv_attr')
+              'pool_lv', 'segtype', 'data_percent', 'metadata_percent',
+              'lv_metadata_size')
 # LVM's thin volumes round sizes up to whole extents; one extent is at
 # least a sector, so smaller sizes are a caller's mistake.
 SECTOR = 512
@@ -54,15 +53,11 @@ def _size(value):
     return value
 
 
-def _lv_rows(vg):
-    return lvm_tool.report('lvs', _LV_FIELDS, vg)
-
-
-def _thin_pool_row(vg, pool):
-    rows = lvm_tool.report('lvs', _POOL_FIELDS, f'{vg}/{pool}')
-    if not rows or rows[0]['segtype'] != 'thin-pool':
-        raise errors.InvalidArgument(f'{vg}/{pool} is not a thin pool')
-    return rows[0]
+def _thin_pool_row(rows, vg, pool):
+    for row in rows:
+        if row['lv_name'] == pool and row['segtype'] == 'thin-pool':
+            return row
+    raise errors.InvalidArgument(f'{vg}/{pool} is not a thin pool')
 
 
 def _existing(address):
@@ -95,9 +90,10 @@ def report(vg, pool):
     ``origin`` is the (domain, volume, suffix) of a snapshot's origin,
     when that is one of volsep's LVs."""
     vg, pool = _allowed(vg, pool)
-    row = _thin_pool_row(vg, pool)
+    rows = lvm_tool.report('lvs', _LV_FIELDS, vg)
+    row = _thin_pool_row(rows, vg, pool)
     found = []
-    for lv in _lv_rows(vg):
+    for lv in rows:
         parsed = lvm_names.parse_lv_name(lv['lv_name'])
         if parsed is None or lv['segtype'] != 'thin' or \
                 lv['pool_lv'] != pool:

@@ -36,6 +36,7 @@ def _worker(rig, spec):
            'PYTHONPATH': os.environ['VOLSEP_TEST_WORK'],
            'PYTHONDONTWRITEBYTECODE': '1',
            'VOLSEP_TEST_USER': os.environ['VOLSEP_TEST_USER'],
+           'VOLSEP_TEST_LVM': os.environ.get('VOLSEP_TEST_LVM', ''),
            'VOLSEP_PRIVILEGED_CONFIG':
                os.environ['VOLSEP_PRIVILEGED_CONFIG']}
     rc, out, err = rig.run([PYTHON, '-m', 'tests.crash_worker',
