@@ -9,6 +9,7 @@ from bench import cli_startup
 from bench import confinement
 from bench import hot_path
 from bench import images
+from bench import lvm_thin
 from bench import privileged_calls
 from bench import rbd
 from bench import service
@@ -34,6 +35,8 @@ BENCHMARKS = {
     'chaos': chaos.chaos,
     'rbd-snapshot-start': rbd.snapshot_start,
     'rbd-transfers': rbd.transfers,
+    'lvm-thin-cycle': lvm_thin.cycle,
+    'lvm-thin-clone': lvm_thin.clone,
 }
 
 
@@ -42,8 +45,10 @@ def main(names):
     if unknown:
         sys.exit(f'bench: no benchmark named {", ".join(unknown)}; there '
                  f'are: {", ".join(BENCHMARKS)}')
-    # The rbd ones need a Ceph cluster: bench/run starts one when named.
-    for name in names or [n for n in BENCHMARKS if not n.startswith('rbd-')]:
+    # The rbd ones need a Ceph cluster and the lvm ones a guest with
+    # dm-thin: bench/run provides them when they are named.
+    for name in names or [n for n in BENCHMARKS
+                          if not n.startswith(('rbd-', 'lvm-'))]:
         print(f'== {name}')
         BENCHMARKS[name]()
 
