@@ -32,7 +32,7 @@ def _environment(settings):
 
 def _config_text(settings, extra):
     parts = [] if settings.udev else [
-        'activation{udev_sync=0 udev_rules=0 verify_udev_operations=1}']
+        'activation{udev_sync=0 udev_rules=0}']
     parts += [p for p in (settings.extra_config, extra) if p]
     return ' '.join(parts)
 
