@@ -152,9 +152,14 @@ class LvmThinVolume(base.Volume):
             return
         if listing.working is None:
             return
-        if listing.working['active']:
-            lvm.activate(self._lv('w'), False)
         if self.config.kind == 'persistent':
+            # What the VM wrote may still sit in the host's page cache of
+            # the device: flushed before the rename commits it. The LV
+            # stays active under its new name (deactivating costs an lvm
+            # command and buys nothing: the activation-skip flag keeps it
+            # inactive after a reboot).
+            if listing.working['active']:
+                lvm.flush(self._lv('w'))
             lvm.rename(self._lv('w'), lvm_names.generation_suffix(
                 listing.next_generation))
             self._prune(sorted(listing.generations))
@@ -250,7 +255,6 @@ class LvmThinVolume(base.Volume):
             lvm.remove(self._lv('t'))
             return
         lvm.flush(self._lv('t'))
-        lvm.activate(self._lv('t'), False)
         self._publish(listing)
 
     def export_begin(self, fmt='raw'):
