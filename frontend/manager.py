@@ -583,11 +583,14 @@ class Manager:
                 if (other is not pool and dir_path and other_dir and
                         dir_path.startswith(other_dir.rstrip('/') + '/')):
                     included_in = other.name
+            # A thin pool also tells how full its data and metadata are.
+            extra = {k: usage[k] for k in ('data_percent',
+                                           'metadata_percent') if k in usage}
             return dict(self._option_strings(pool), name=name,
                         driver=pool.driver, size=usage['size'],
                         usage=usage['size'] - usage['free'],
                         included_in=included_in,
-                        copy_method=pool.copy_method())
+                        copy_method=pool.copy_method(), **extra)
 
     def pools_copying_fully(self):
         """Names of the file-reflink pools that fall back to full copies

@@ -82,6 +82,8 @@ def test_pool_add_checks_the_thin_pool_and_the_allow_list(mgr, tmp_path,
     assert info['size'] == int(pool_row['lv_size'])
     assert info['usage'] == int(int(pool_row['lv_size']) *
                                 float(pool_row['data_percent']) / 100)
+    assert info['data_percent'] == float(pool_row['data_percent'])
+    assert 0 < info['metadata_percent'] < 100
 
 
 def test_persistent_volume_commits_reverts_and_never_reuses_ids(mgr, rig):
