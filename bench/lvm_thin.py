@@ -21,7 +21,7 @@ ENV = {'LC_ALL': 'C', 'DM_DISABLE_UDEV': '1', 'PATH': '/usr/sbin:/usr/bin'}
 
 def _lvm(*args):
     extra = os.environ.get('VOLSEP_BENCH_LVM_CONFIG', '')
-    config = f'activation{{udev_sync=0 udev_rules=0}} {extra}'.strip()
+    config = f'activation/udev_sync=0 activation/udev_rules=0 {extra}'.strip()
     subprocess.run(['/sbin/lvm', args[0], '--config', config] +
                    list(args[1:]), env=ENV, check=True, capture_output=True)
 

@@ -53,7 +53,7 @@ _OPTS = [
                      'makes them itself).'),
     cfg.StrOpt('lvm_extra_config', default='',
                help='Extra LVM configuration passed to every lvm command '
-                    'with --config (for example backup{backup=0} on a host '
+                    'with --config (for example backup/backup=0 on a host '
                     'whose /etc/lvm is read-only).'),
     cfg.IntOpt('lvm_command_seconds', default=300, min=1,
                help='Wall-clock limit of one lvm command: one that hangs '

@@ -31,8 +31,9 @@ def _environment(settings):
 
 
 def _config_text(settings, extra):
+    # key paths, not sections: the parts may name the same section
     parts = [] if settings.udev else [
-        'activation{udev_sync=0 udev_rules=0}']
+        'activation/udev_sync=0 activation/udev_rules=0']
     parts += [p for p in (settings.extra_config, extra) if p]
     return ' '.join(parts)
 
@@ -81,7 +82,7 @@ def report(what, fields, target):
     bytes and times in seconds since the epoch."""
     out = run(what, ['--reportformat', 'json', '--units', 'b', '--nosuffix',
                      '-o', ','.join(fields), target],
-              extra_config='report{time_format="%s"}')
+              extra_config='report/time_format="%s"')
     try:
         doc = json.loads(out)
         rows = doc['report'][0][what[:-1]]

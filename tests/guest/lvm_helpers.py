@@ -26,7 +26,7 @@ def lvm(rig, *args, check=True):
     """Run ``lvm ARGS`` as root the way the root side does; returns
     (rc, stdout, stderr) as text."""
     settings = _root_settings()
-    config = 'activation{udev_sync=0 udev_rules=0}'
+    config = 'activation/udev_sync=0 activation/udev_rules=0'
     extra = settings.get('lvm_extra_config', '')
     argv = [settings.get('lvm_command', '/sbin/lvm'), args[0],
             '--config', f'{config} {extra}'.strip(), *args[1:]]
