@@ -30,7 +30,8 @@ def _root_config(state_dir):
 
 
 def test_lvm_thin_through_volsepd_and_the_cli(rig, tmp_path):
-    state = f'{os.environ["VOLSEP_TEST_STATE_ROOT"]}/svc-{uuid.uuid4().hex[:8]}'
+    state_root = os.environ['VOLSEP_TEST_STATE_ROOT']
+    state = f'{state_root}/svc-{uuid.uuid4().hex[:8]}'
     conf = f'{state}.privileged.conf'
     rig.write(conf, _root_config(state).encode(), 0o644)
     service = sh.Service(state, policy=EVERYONE,
