@@ -315,9 +315,10 @@ class LvmThinVolume(base.Volume):
             source = self.pool.volume(self.config.source)
             source_current = source.listing(listings).current
             origin = working['origin']
-            outdated = source_current is None or origin != [
+            # (privsep hands lists over as tuples)
+            outdated = source_current is None or tuple(origin or ()) != (
                 source.config.domain, source.config.name,
-                lvm_names.generation_suffix(source_current[0])]
+                lvm_names.generation_suffix(source_current[0]))
         if working is not None:
             path = self.device('w')
         elif current is not None:

@@ -30,8 +30,11 @@ def mgr(tmp_path):
     for domain in list(manager.domains):
         if manager.domains[domain].running:
             manager.stop_domain(domain)
-        for name in list(manager.domains[domain].volumes):
-            manager.remove_volume(f'{domain}:{name}')
+    # Snapshot volumes first: a source with snapshots cannot go.
+    configs = [c for d in manager.domains.values()
+               for c in d.volumes.values()]
+    for config in sorted(configs, key=lambda c: c.kind != 'snapshot'):
+        manager.remove_volume(config.address)
 
 
 def _domain():
