@@ -3,6 +3,7 @@
 start+stop through volsep against the bare lvm commands the same cycle
 needs, and a clone against a bare `lvcreate -s`, interleaved in one run."""
 
+import configparser
 import os
 import shutil
 import subprocess
@@ -20,7 +21,10 @@ ENV = {'LC_ALL': 'C', 'DM_DISABLE_UDEV': '1', 'PATH': '/usr/sbin:/usr/bin'}
 
 
 def _lvm(*args):
-    extra = os.environ.get('VOLSEP_BENCH_LVM_CONFIG', '')
+    """lvm as the root side runs it in the guest (its extra settings)."""
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(os.environ['VOLSEP_PRIVILEGED_CONFIG'])
+    extra = parser['privileged'].get('lvm_extra_config', '')
     config = f'activation/udev_sync=0 activation/udev_rules=0 {extra}'.strip()
     subprocess.run(['/sbin/lvm', args[0], '--config', config] +
                    list(args[1:]), env=ENV, check=True, capture_output=True)
