@@ -92,14 +92,21 @@ class LvmThinVolume(base.Volume):
 
     def tidy(self, keep_import=False):
         """Remove what a crash left half-built (+t, +e) and revisions
-        beyond revisions_to_keep; returns the resulting listing."""
+        beyond revisions_to_keep; returns the resulting listing. (The
+        manager calls it when no export can be in progress.)"""
+        listing = self._tidy(keep_import)
+        if listing.export is not None:
+            lvm.remove(self._lv('e'))
+            return self.listing()
+        return listing
+
+    def _tidy(self, keep_import=False):
+        """tidy, but an export's snapshot stays: operations call this
+        while an export of the committed data may still read it."""
         listing = self.listing()
         changed = False
         if listing.building is not None and not keep_import:
             lvm.remove(self._lv('t'))
-            changed = True
-        if listing.export is not None:
-            lvm.remove(self._lv('e'))
             changed = True
         keep = max(self.config.revisions_to_keep, 0)
         if self.config.kind == 'persistent' and \
@@ -117,7 +124,7 @@ class LvmThinVolume(base.Volume):
 
     def start(self):
         """Prepare the LV the hypervisor attaches; return its device."""
-        listing = self.tidy()
+        listing = self._tidy()
         kind = self.config.kind
         if kind == 'persistent':
             generation, lv = self._committed(listing)
@@ -152,9 +159,14 @@ class LvmThinVolume(base.Volume):
             return
         if listing.working is None:
             return
-        if listing.working['active']:
-            lvm.activate(self._lv('w'), False)
         if self.config.kind == 'persistent':
+            # What the VM wrote may still sit in the host's page cache of
+            # the device: flushed before the rename commits it. The LV
+            # stays active under its new name (deactivating costs an lvm
+            # command and buys nothing: the activation-skip flag keeps it
+            # inactive after a reboot).
+            if listing.working['active']:
+                lvm.flush(self._lv('w'))
             lvm.rename(self._lv('w'), lvm_names.generation_suffix(
                 listing.next_generation))
             self._prune(sorted(listing.generations))
@@ -169,7 +181,7 @@ class LvmThinVolume(base.Volume):
                 for g, lv in self.listing().revisions]
 
     def revert(self, revision=None):
-        listing = self.tidy()
+        listing = self._tidy()
         if listing.working is not None:
             raise errors.VolumeBusy(
                 f'volume {self.config.address} has an uncommitted working '
@@ -207,7 +219,7 @@ class LvmThinVolume(base.Volume):
         self._publish(listing)
 
     def clear(self):
-        listing = self.tidy()
+        listing = self._tidy()
         _, lv = self._committed(listing)
         lvm.create(self._lv('t'), lv['size'], False)
         self._publish(listing)
@@ -221,7 +233,7 @@ class LvmThinVolume(base.Volume):
             raise errors.NotSupported(
                 'lvm_thin clones stay within one thin pool')
         generation, _ = source._committed(source.listing())
-        listing = self.tidy()
+        listing = self._tidy()
         self._committed(listing)
         lvm.snapshot(source._generation_lv(generation), self._lv('t'),
                      False)
@@ -250,11 +262,14 @@ class LvmThinVolume(base.Volume):
             lvm.remove(self._lv('t'))
             return
         lvm.flush(self._lv('t'))
-        lvm.activate(self._lv('t'), False)
         self._publish(listing)
 
     def export_begin(self, fmt='raw'):
-        generation, _ = self._committed(self.listing())
+        listing = self.listing()
+        if listing.export is not None:
+            raise errors.VolumeBusy(
+                f'volume {self.config.address} is being exported already')
+        generation, _ = self._committed(listing)
         lvm.snapshot(self._generation_lv(generation), self._lv('e'), True)
         return {'path': self.device('e'),
                 'size': self.listing().export['size']}

@@ -251,10 +251,15 @@ def phase_check(mgr, spec, daemons):
 
 
 def main():
+    run(json.loads(sys.argv[1]))
+
+
+def run(spec):
+    """One phase, from a process that is still root."""
     # A phase that hangs prints every thread's stack, for the test to show,
     # before the test's own timeout kills it silently.
-    faulthandler.dump_traceback_later(100, exit=True)
-    spec = json.loads(sys.argv[1])
+    faulthandler.dump_traceback_later(
+        int(os.environ.get('VOLSEP_CRASH_PHASE_SECONDS', '100')), exit=True)
     from volsep.frontend import manager as manager_module
     from volsep.frontend import privsep_start
     privsep_start.start_daemons()

@@ -31,16 +31,19 @@ POOLS = {'reflink-xfs': ('file-reflink', 'xfs', []),
 CLEAN = {'file-reflink': ('c', 'r'), 'file': ('c', 'r'), 'qcow2': ('L',)}
 
 
+def worker_env():
+    return {'PATH': '/usr/bin:/bin',
+            'PYTHONPATH': os.environ['VOLSEP_TEST_WORK'],
+            'PYTHONDONTWRITEBYTECODE': '1',
+            'VOLSEP_TEST_USER': os.environ['VOLSEP_TEST_USER'],
+            'VOLSEP_TEST_LVM': os.environ.get('VOLSEP_TEST_LVM', ''),
+            'VOLSEP_PRIVILEGED_CONFIG':
+                os.environ['VOLSEP_PRIVILEGED_CONFIG']}
+
+
 def _worker(rig, spec):
-    env = {'PATH': '/usr/bin:/bin',
-           'PYTHONPATH': os.environ['VOLSEP_TEST_WORK'],
-           'PYTHONDONTWRITEBYTECODE': '1',
-           'VOLSEP_TEST_USER': os.environ['VOLSEP_TEST_USER'],
-           'VOLSEP_TEST_LVM': os.environ.get('VOLSEP_TEST_LVM', ''),
-           'VOLSEP_PRIVILEGED_CONFIG':
-               os.environ['VOLSEP_PRIVILEGED_CONFIG']}
     rc, out, err = rig.run([PYTHON, '-m', 'tests.crash_worker',
-                            json.dumps(spec)], env=env, timeout=120)
+                            json.dumps(spec)], env=worker_env(), timeout=120)
     events = {}
     for line in out.decode().splitlines():
         events.update(json.loads(line))

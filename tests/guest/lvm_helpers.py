@@ -22,14 +22,17 @@ def _root_settings():
     return parser['privileged']
 
 
+def lvm_config():
+    """The --config the root side passes in the guest (lvm_udev false)."""
+    extra = _root_settings().get('lvm_extra_config', '')
+    return f'activation/udev_sync=0 activation/udev_rules=0 {extra}'.strip()
+
+
 def lvm(rig, *args, check=True):
     """Run ``lvm ARGS`` as root the way the root side does; returns
     (rc, stdout, stderr) as text."""
-    settings = _root_settings()
-    config = 'activation/udev_sync=0 activation/udev_rules=0'
-    extra = settings.get('lvm_extra_config', '')
-    argv = [settings.get('lvm_command', '/sbin/lvm'), args[0],
-            '--config', f'{config} {extra}'.strip(), *args[1:]]
+    argv = [_root_settings().get('lvm_command', '/sbin/lvm'), args[0],
+            '--config', lvm_config(), *args[1:]]
     rc, out, err = rig.run(argv, env={'LC_ALL': 'C', 'DM_DISABLE_UDEV': '1',
                                       'PATH': '/usr/sbin:/usr/bin:/sbin'})
     if check:
