@@ -197,7 +197,8 @@ def test_resize_grows_refuses_shrink_unless_forced_and_never_running(mgr,
     _commit(rig, mgr, domain, b'R' * 4096)
     mgr.resize(address, 16 * MiB)
     assert mgr.volume_info(address)['size'] == 16 * MiB
-    assert [r['id'] for r in mgr.revisions(address)] == [2]
+    # a new generation (3); 1 and 2 stay as revisions (keep 2)
+    assert [r['id'] for r in mgr.revisions(address)] == [1, 2]
     with pytest.raises(errors.InvalidArgument, match='--force'):
         mgr.resize(address, 8 * MiB)
     started = mgr.start_domain(domain)[0]
