@@ -10,6 +10,7 @@ an LV's data go through a descriptor checked to be that LV's device
 (lvm_device).
 """
 
+import errno
 import os
 
 from volsep.privileged import audit
@@ -200,6 +201,16 @@ def remove(lv):
     lvm_tool.run('lvremove', ['--force', address.full])
 
 
+def _write_failed(address, err):
+    # A thin pool that runs out of data space (with errorwhenfull) fails
+    # writes with EIO or ENOSPC, in the write or at the flush.
+    if err.errno in (errno.EIO, errno.ENOSPC):
+        return errors.NoSpace(
+            f'{address.full}: writing failed ({err.strerror}): thin pool '
+            f'{address.vg}/{address.pool} is out of space or failing')
+    return errors.PrivilegedError(f'{address.full}: {err.strerror}')
+
+
 @contexts.file_ops.entrypoint
 @audit.audited_stream
 def write_at(lv, offset, data):
@@ -217,7 +228,10 @@ def write_at(lv, offset, data):
     if not data.strip(b'\0'):
         return len(data)
     fd = lvm_device.devices.get(address, writable=True)
-    done = os.pwrite(fd, data, offset)
+    try:
+        done = os.pwrite(fd, data, offset)
+    except OSError as err:
+        raise _write_failed(address, err) from None
     if done != len(data):
         raise errors.NoSpace(f'{address.full}: short write at {offset}')
     return done
@@ -243,5 +257,7 @@ def flush(lv):
     fd = lvm_device.devices.get(address, writable=False)
     try:
         os.fsync(fd)
+    except OSError as err:
+        raise _write_failed(address, err) from None
     finally:
         lvm_device.devices.close(address)

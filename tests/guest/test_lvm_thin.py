@@ -257,16 +257,26 @@ def test_a_full_thin_pool_fails_cleanly_and_leaves_other_volumes(rig,
     kept = _content(rig, mgr, 'keep:root')
     mgr.create_volume('big:root', 'tiny', 64 * MiB)
     old = _content(rig, mgr, 'big:root')
+    before = lh.lvs(rig)
+    # The frontend refuses a stream the pool cannot hold, before any LV.
+    with pytest.raises(errors.StorageError, match='no space'):
+        mgr.import_begin('big:root', 64 * MiB, force=True)
+    assert lh.lvs(rig).keys() == before.keys()
+    # The root side, driven past that as a compromised frontend would:
+    # the writes that do not fit fail with a clear error, and removing the
+    # half-written LV gives the space back.
+    target = lvm_names.lv_address(lh.VG, lh.TINY, 'big', 'root', 't')
+    lvm.create(target, 64 * MiB, True)
     data = bytes(range(256)) * 4096   # 1 MiB, no zeros
-    size = 64 * MiB
-    mgr.import_begin('big:root', size, force=True)
-    with pytest.raises(errors.StorageError):
-        for offset in range(0, size, len(data)):
-            mgr.import_write('big:root', offset, data)
-    mgr.import_end('big:root', False)
+    with pytest.raises(root_errors.PrivilegedError,
+                       match='out of space'):
+        for offset in range(0, 64 * MiB, len(data)):
+            lvm.write_at(target, offset, data)
+        lvm.flush(target)
+    lvm.remove(target)
     assert _content(rig, mgr, 'big:root') == old
     assert _content(rig, mgr, 'keep:root') == kept
-    assert lvm_names.lv_name('big', 'root', 't') not in lh.lvs(rig)
+    assert lh.lvs(rig).keys() == before.keys()
     for address in ('big:root', 'keep:root'):
         mgr.remove_volume(address)
 
@@ -331,7 +341,8 @@ def test_root_side_refuses_hostile_arguments(rig):
         (lambda: lvm.create(_addr(domain, 'v', 't'), True, False), 'integer'),
         (lambda: lvm.create(_addr(domain, 'v', 't'), 4 * MiB, 'yes'),
          'boolean'),
-        (lambda: lvm.rename(_addr(domain, 'v', 'c1'), '../x'), 'suffix'),
+        (lambda: lvm.rename(_addr(domain, 'v', 'c1'), '../x'),
+         'is not VG/POOL'),
         (lambda: lvm.rename(_addr(domain, 'v', 'c1'), 'c0'), 'suffix'),
         (lambda: lvm.create(f'{lh.VG}/{lh.THIN_POOL}/{domain}/v/t;rm',
                             4 * MiB, False), 'suffix'),
