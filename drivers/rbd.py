@@ -199,26 +199,33 @@ class RbdVolume(base.Volume):
             rbd.set_meta(*self._args, meta)
         if self.config.kind == 'persistent' and data:
             self._prune(data)
-        elif data and listing['owner'] is None:
+        elif (data or listing['partial']) and listing['owner'] is None:
             rbd.remove_data(*self._args)
         return self.listing()
 
     def lacks_working_copy(self, listing):
-        """A volume this host recorded as running that another host now
-        owns (or nobody does): it was fenced while this service was away."""
-        if listing is None or listing['owner'] is None or \
-                self._owned_elsewhere(listing):
+        """Whether a volume this host recorded as running is stopped in
+        fact: another host owns it (it was fenced while this service was
+        away), nobody does (a fence, or a stop cut short after it released
+        the volume), or its working copy is gone (a stop cut short)."""
+        if listing is None or self._owned_elsewhere(listing):
             LOG.warning('%s: this host (%s) lost its ownership (now: %s); '
                         'it is stopped here and nothing was committed',
                         self.config.address, self.pool.host_id,
                         listing and listing['owner'])
             return True
-        return False
+        if listing['owner'] is None:
+            LOG.warning('%s: nobody owns it (fenced, or released by a stop '
+                        'that was cut short); it is stopped here',
+                        self.config.address)
+            return True
+        return self.config.kind != 'persistent' and listing['data'] is None
 
     def needs_attention(self, listing, running):
         if listing is None:
             return False
-        return listing['meta'].get('import') == 'yes' or (
+        return listing['meta'].get('import') == 'yes' or \
+            listing['partial'] or (
             not running and listing['owner'] is not None and
             not self._owned_elsewhere(listing))
 

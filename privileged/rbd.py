@@ -19,6 +19,7 @@ either.
 import errno
 import re
 import threading
+import time
 
 from volsep.privileged import audit
 from volsep.privileged import config
@@ -39,6 +40,11 @@ LOCK_TAG_PREFIX = 'volsep '
 OP_TIMEOUT = '30'
 # How long a fenced client stays blocklisted (Ceph's own default).
 BLOCKLIST_SECONDS = 3600
+# A blocklisted client's watch on an image (which makes its removal
+# busy) lasts until the OSD sees the new map: about 0.3 s here.
+WATCH_GONE_SECONDS = 10
+# The clients this daemon blocklisted: their watches are about to go.
+_blocklisted = set()
 
 
 class OwnershipLost(errors.PrivilegedError):
@@ -71,6 +77,17 @@ def _generation(value):
     if type(value) is not int or not 0 < value < MAX_GENERATION:
         raise errors.InvalidArgument(f'generation {value!r} is not valid')
     return f'c{value}'
+
+
+def _data_features(session):
+    """Layering (clones) and deep-flatten (a clone's snapshots can be
+    detached from its parent), but not exclusive-lock (nor object-map and
+    fast-diff, which need it): the ownership is the anchor's advisory
+    lock, and librbd's automatic lock, still held by a killed daemon's
+    client, would refuse a restarted service every change of the image
+    until the dead client's watch times out (30 s)."""
+    return session.rbd.RBD_FEATURE_LAYERING | \
+        session.rbd.RBD_FEATURE_DEEP_FLATTEN
 
 
 def anchor_name(domain, volume):
@@ -191,10 +208,13 @@ def _snapshots(image):
 
 
 def _describe_data(session, name):
+    """{size, snaps, parent} of a data image; {'partial': True} for one
+    that is listed but cannot be opened (a removal cut short: librbd
+    drops the header before the directory entry)."""
     try:
         image = session.image(name, read_only=True)
     except session.rbd.ImageNotFound:
-        return None
+        return {'partial': True}
     with image:
         parent = None
         try:
@@ -220,7 +240,8 @@ def _read_meta(session, anchor):
 @audit.audited
 def scan(pool):
     """Every volsep volume of ``pool``: {'DOMAIN/VOLUME': {meta, owner,
-    data}}; ``data`` is None without a data image."""
+    data, partial}}; ``data`` is None without a data image (or with one
+    whose removal was cut short: then ``partial`` is true)."""
     with _Session(pool) as s:
         names = set(s.rbd.RBD().list(s.ioctx))
         result = {}
@@ -228,15 +249,20 @@ def scan(pool):
             match = _ANCHOR.match(name)
             if not match:
                 continue
-            with s.image(name, read_only=True) as anchor:
-                meta = _read_meta(s, anchor)
-                owner = _owner(anchor.list_lockers())
+            try:
+                with s.image(name, read_only=True) as anchor:
+                    meta = _read_meta(s, anchor)
+                    owner = _owner(anchor.list_lockers())
+            except s.rbd.ImageNotFound:
+                continue  # removed since the listing
             if not meta:
                 continue  # not one of volsep's
+            data = _describe_data(s, name + '+d') \
+                if name + '+d' in names else None
+            partial = bool(data and data.get('partial'))
             result[f'{match.group(1)}/{match.group(2)}'] = {
-                'meta': meta, 'owner': owner,
-                'data': _describe_data(s, name + '+d')
-                if name + '+d' in names else None}
+                'meta': meta, 'owner': owner, 'partial': partial,
+                'data': None if partial else data}
         return result
 
 
@@ -293,13 +319,17 @@ def remove(pool, domain, volume):
         if owner:
             raise Owned(f'{domain}:{volume} is owned by host {owner[0]}')
         _remove_data(s, name + '+d')
-        s.rbd.RBD().remove(s.ioctx, name)
+        _remove_image(s, name)
 
 
 def _remove_data(session, name):
     try:
         image = session.image(name)
     except session.rbd.ImageNotFound:
+        try:   # finish a removal cut short, if that is what this is
+            _remove_image(session, name)
+        except session.rbd.ImageNotFound:
+            pass
         return
     with image:
         if list(image.list_children2()):
@@ -307,7 +337,31 @@ def _remove_data(session, name):
         for snap in image.list_snaps():
             if snap.get('namespace', 0) == 0:
                 image.remove_snap(snap['name'])
-    session.rbd.RBD().remove(session.ioctx, name)
+    _remove_image(session, name)
+
+
+def _blocklist(cluster, address):
+    cluster.blocklist_add(address, BLOCKLIST_SECONDS)
+    _blocklisted.add(address)
+
+
+def _remove_image(session, name):
+    """Remove an image, waiting a little while the only clients that
+    still watch it are ones this daemon blocklisted (a killed earlier run
+    of this service, or a fenced host): any other watcher is a user of the
+    image, and its removal is refused at once (InUse)."""
+    deadline = time.monotonic() + WATCH_GONE_SECONDS
+    while True:
+        try:
+            session.rbd.RBD().remove(session.ioctx, name)
+            return
+        except session.rbd.ImageBusy:
+            with session.image(name, read_only=True) as image:
+                watchers = {w['addr'] for w in image.watchers_list()}
+            if not watchers <= _blocklisted or \
+                    time.monotonic() > deadline:
+                raise
+        time.sleep(0.1)
 
 
 # -- ownership ---------------------------------------------------------------
@@ -316,7 +370,8 @@ def _remove_data(session, name):
 @audit.audited
 def acquire(pool, domain, volume, host):
     """Take the volume for ``host`` (an exclusive advisory lock on its
-    anchor, cookie naming the host). Already ours: nothing to do."""
+    anchor, cookie naming the host). Already this host's: kept (see
+    _check_ours)."""
     name = anchor_name(domain, volume)
     cookie = LOCK_TAG_PREFIX + _name(host, 'host')
     with _Session(pool) as s, s.image(name) as anchor:
@@ -324,8 +379,8 @@ def acquire(pool, domain, volume, host):
             anchor.lock_exclusive(cookie)
         except (s.rbd.ImageBusy, s.rbd.ImageExists):
             owner = _owner(anchor.list_lockers())
-            if owner and owner[0] == host and owner[1] == s.me():
-                return owner
+            if owner and owner[0] == host:
+                return _check_ours(s, anchor, domain, volume, host)
             raise Owned(f'{domain}:{volume} is running on host '
                         f'{owner[0] if owner else "?"} ({owner[1] if owner else "?"}'
                         f' at {owner[2] if owner else "?"})') from None
@@ -333,7 +388,25 @@ def acquire(pool, domain, volume, host):
 
 
 def _check_ours(session, anchor, domain, volume, host):
+    """This daemon's lock on the (writable) anchor, or OwnershipLost.
+
+    A lock with this host's cookie but another Ceph client is an earlier
+    run of this host's service, killed before it released the volume (host
+    ids are unique per host and a service has one client, this daemon's):
+    it is adopted. That client is blocklisted first, so that if it still
+    lives it can never write again, then its lock is replaced by this
+    daemon's, and the volume stays this host's across the restart."""
     owner = _owner(anchor.list_lockers())
+    if owner and owner[0] == host and owner[1] != session.me():
+        _blocklist(session.cluster, owner[2])
+        cookie = LOCK_TAG_PREFIX + host
+        try:
+            anchor.break_lock(owner[1], cookie)
+            anchor.lock_exclusive(cookie)
+        except (session.rbd.ImageNotFound, session.rbd.ImageBusy,
+                session.rbd.ImageExists):
+            pass   # a fence or another host came first: said below
+        owner = _owner(anchor.list_lockers())
     if owner is None or owner[0] != host or owner[1] != session.me():
         holder = f'host {owner[0]}' if owner else 'nobody'
         raise OwnershipLost(
@@ -348,7 +421,7 @@ def check_owner(pool, domain, volume, host):
     """Refuse (OwnershipLost) unless this daemon still owns the volume."""
     name = anchor_name(domain, volume)
     _name(host, 'host')
-    with _Session(pool) as s, s.image(name, read_only=True) as anchor:
+    with _Session(pool) as s, s.image(name) as anchor:
         return _check_ours(s, anchor, domain, volume, host)
 
 
@@ -374,7 +447,7 @@ def fence(pool, domain, volume):
         owner = _owner(anchor.list_lockers())
         if owner is None:
             return None
-        s.cluster.blocklist_add(owner[2], BLOCKLIST_SECONDS)
+        _blocklist(s.cluster, owner[2])
         cookie = anchor.list_lockers()['lockers'][0][1]
         anchor.break_lock(owner[1], cookie)
         return owner
@@ -388,7 +461,8 @@ def create_data(pool, domain, volume, size):
     name = data_name(domain, volume)
     validate.size(size)
     with _Session(pool) as s:
-        s.rbd.RBD().create(s.ioctx, name, size, old_format=False)
+        s.rbd.RBD().create(s.ioctx, name, size, old_format=False,
+                           features=_data_features(s))
 
 
 @contexts.file_ops.entrypoint
@@ -419,8 +493,7 @@ def commit(pool, domain, volume, generation, host=None):
     name = data_name(domain, volume)
     with _Session(pool) as s:
         if host is not None:
-            with s.image(anchor_name(domain, volume),
-                         read_only=True) as anchor:
+            with s.image(anchor_name(domain, volume)) as anchor:
                 _check_ours(s, anchor, domain, volume, _name(host, 'host'))
         with s.image(name) as image:
             image.create_snap(snap)
@@ -457,7 +530,8 @@ def clone_generation(pool, src_domain, src_volume, generation, domain,
     with _Session(pool) as s:
         # Clone v2 (rbd_default_clone_format = 2 in the cluster's conf):
         # the parent snapshot needs no protection and can be pruned.
-        s.rbd.RBD().clone(s.ioctx, parent, snap, s.ioctx, child)
+        s.rbd.RBD().clone(s.ioctx, parent, snap, s.ioctx, child,
+                          features=_data_features(s))
 
 
 @contexts.file_ops.entrypoint
