@@ -34,6 +34,7 @@ BENCHMARKS = {
     'chaos': chaos.chaos,
     'rbd-snapshot-start': rbd.snapshot_start,
     'rbd-transfers': rbd.transfers,
+    'rbd-clone': rbd.clone,
 }
 
 

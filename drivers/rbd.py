@@ -181,13 +181,20 @@ class RbdVolume(base.Volume):
             rbd.drop_generation(*self._args, generation)
 
     def tidy(self, keep_import=False):
-        """Finish what a crash interrupted: an import cut short is rolled
-        back to the current generation, extra revisions go, a volatile or
-        snapshot data image nobody owns is deleted, and the anchor's
-        record follows this configuration."""
+        """Finish what a crash interrupted: an instant clone is finished
+        once its old image was renamed away, else dropped; an import cut
+        short is rolled back to the current generation, extra revisions
+        go, a volatile or snapshot data image nobody owns is deleted, and
+        the anchor's record follows this configuration."""
         listing = self.listing()
         if listing is None:
             return listing
+        if listing['old']:      # an instant clone swapped in part-way
+            rbd.swap_staged(*self._args)
+        elif listing['staged']:   # one that never was
+            rbd.discard_staged(*self._args)
+        if listing['old'] or listing['staged']:
+            listing = self.listing()
         data = self._data(listing)
         if listing['meta'].get('import') == 'yes' and not keep_import:
             if self._current(data) is not None:
@@ -225,7 +232,7 @@ class RbdVolume(base.Volume):
         if listing is None:
             return False
         return listing['meta'].get('import') == 'yes' or \
-            listing['partial'] or (
+            listing['partial'] or listing['staged'] or listing['old'] or (
             not running and listing['owner'] is not None and
             not self._owned_elsewhere(listing))
 
@@ -298,15 +305,25 @@ class RbdVolume(base.Volume):
         self._rewrite_head(listing, zero)
 
     def import_from(self, source):
-        listing = self.listing()
+        """An instant clone: the volume's data image becomes a
+        copy-on-write clone of the source's current generation (clone v2),
+        staged under another name and swapped in, so that a crash leaves
+        the old content or the new (tidy). The clone is a new image: the
+        volume's earlier revisions go with the one it replaces, and its
+        generation ids go on growing. Later changes to the source (new
+        generations, revert, import, pruning the cloned one) never reach
+        it; removing the source flattens it first (privileged/rbd.py)."""
+        listing = self.tidy()
         self._check_idle(listing, 'clone into')
         if source.pool.driver != self.pool.driver or \
                 source.pool.ceph_pool != self.pool.ceph_pool:
             raise errors.NotSupported('rbd clones stay within one Ceph pool')
         generation = source._current(source._data(source.listing()))
-        self._rewrite_head(listing, lambda: rbd.copy_generation(
-            self.pool.ceph_pool, source.config.domain, source.config.name,
-            generation, self.config.domain, self.config.name))
+        rbd.stage_clone(self.pool.ceph_pool, source.config.domain,
+                        source.config.name, generation, self.config.domain,
+                        self.config.name,
+                        self._current(self._data(listing)) + 1)
+        rbd.swap_staged(*self._args)
 
     # -- import and export (raw streams) ------------------------------------
 
@@ -423,7 +440,8 @@ class RbdPool(base.Pool):
     driver = 'rbd'
     volume_class = RbdVolume
     capabilities = dataclasses.replace(base.Capabilities(), revert=True,
-                                       resize_running=True)
+                                       resize_running=True,
+                                       clone_instant=True)
     options = dict(
         base.Pool.options,
         ceph_pool=base.Option('Ceph pool (one the root configuration '

@@ -9,6 +9,8 @@ names must match the name pattern, and the image names are built here:
                        its image metadata and its owner's lock
     DOMAIN+VOLUME+d    the data: what a hypervisor attaches; committed
                        generations are its snapshots c1, c2, ...
+    DOMAIN+VOLUME+n    an instant clone, staged until it replaces +d
+    DOMAIN+VOLUME+o    the data image it replaced, until removed
 
 '+' is in no name, so the mapping is injective and no other image of the
 pool is ever reachable. The cluster connection and the client's keyring
@@ -98,9 +100,16 @@ def data_name(domain, volume):
     return anchor_name(domain, volume) + '+d'
 
 
+def staged_name(domain, volume):
+    return anchor_name(domain, volume) + '+n'
+
+
 _ANCHOR = re.compile(r'([A-Za-z0-9][A-Za-z0-9_.-]{0,63})\+'
                      r'([A-Za-z0-9][A-Za-z0-9_.-]{0,63})\Z')
 _SNAP = re.compile(r'c([1-9][0-9]{0,17})\Z')
+# A volume's image that may be a clone: its anchor's name, then the kind.
+_CHILD = re.compile(r'([A-Za-z0-9][A-Za-z0-9_.-]{0,63}\+'
+                    r'[A-Za-z0-9][A-Za-z0-9_.-]{0,63})\+[dno]\Z')
 
 
 class _Cluster:
@@ -240,8 +249,10 @@ def _read_meta(session, anchor):
 @audit.audited
 def scan(pool):
     """Every volsep volume of ``pool``: {'DOMAIN/VOLUME': {meta, owner,
-    data, partial}}; ``data`` is None without a data image (or with one
-    whose removal was cut short: then ``partial`` is true)."""
+    data, partial, staged, old}}; ``data`` is None without a data image
+    (or with one whose removal was cut short: then ``partial`` is true);
+    ``staged`` and ``old`` say whether an instant clone's images (+n, +o)
+    are there."""
     with _Session(pool) as s:
         names = set(s.rbd.RBD().list(s.ioctx))
         result = {}
@@ -262,7 +273,8 @@ def scan(pool):
             partial = bool(data and data.get('partial'))
             result[f'{match.group(1)}/{match.group(2)}'] = {
                 'meta': meta, 'owner': owner, 'partial': partial,
-                'data': None if partial else data}
+                'data': None if partial else data,
+                'staged': name + '+n' in names, 'old': name + '+o' in names}
         return result
 
 
@@ -318,7 +330,8 @@ def remove(pool, domain, volume):
             owner = _owner(anchor.list_lockers())
         if owner:
             raise Owned(f'{domain}:{volume} is owned by host {owner[0]}')
-        _remove_data(s, name + '+d')
+        for suffix in ('+n', '+o', '+d'):   # any instant clone's images
+            _remove_data(s, name + suffix)
         _remove_image(s, name)
 
 
@@ -332,12 +345,52 @@ def _remove_data(session, name):
             pass
         return
     with image:
-        if list(image.list_children2()):
-            raise errors.InUse(f'{name} has clones (snapshot volumes)')
+        _detach_children(session, image, name)
         for snap in image.list_snaps():
             if snap.get('namespace', 0) == 0:
                 image.remove_snap(snap['name'])
     _remove_image(session, name)
+
+
+def _clones(session, image, name):
+    """The clones of any snapshot of ``image`` (named ``name``), all of
+    which can be flattened: each must be a persistent volume's own image
+    in the same pool. Any other (a snapshot volume's working copy, or an
+    image that is not volsep's) is a user of the image: InUse."""
+    found, busy = [], []
+    for child in image.list_children2():
+        match = _CHILD.match(child['image'])
+        kind = None
+        if match and child['pool'] == session.pool and \
+                not child['pool_namespace'] and not child['trash']:
+            try:
+                with session.image(match.group(1), read_only=True) as a:
+                    kind = _read_meta(session, a).get('kind')
+            except session.rbd.ImageNotFound:
+                pass
+        (found if kind == 'persistent' else busy).append(child['image'])
+    if busy:
+        raise errors.InUse(f'{name} has clones that are in use (running '
+                           f'snapshot volumes): {", ".join(sorted(busy))}')
+    return found
+
+
+def _check_detachable(session, name):
+    try:
+        image = session.image(name, read_only=True)
+    except session.rbd.ImageNotFound:
+        return
+    with image:
+        _clones(session, image, name)
+
+
+def _detach_children(session, image, name):
+    """Flatten the persistent volumes cloned from ``image`` (each becomes
+    a full copy, its snapshots too: deep-flatten), so that it can go;
+    refuse, changing nothing, if any other clone uses it."""
+    for child in _clones(session, image, name):
+        with session.image(child) as clone:
+            clone.flatten()
 
 
 def _blocklist(cluster, address):
@@ -536,30 +589,55 @@ def clone_generation(pool, src_domain, src_volume, generation, domain,
 
 @contexts.file_ops.entrypoint
 @audit.audited
-def copy_generation(pool, src_domain, src_volume, generation, domain,
-                    volume):
-    """Write another volume's committed generation over this volume's data
-    head, allocated extents only (a clone between volumes)."""
+def stage_clone(pool, src_domain, src_volume, generation, domain, volume,
+                new_generation):
+    """An instant clone, staged: a copy-on-write clone of another
+    volume's committed generation as this volume's staged image, its
+    content committed as ``new_generation``. Nothing the volume shows
+    changes until swap_staged; a staged image left by a crash is dropped
+    by discard_staged. Refused while a snapshot volume is running from
+    this volume (its working copy would pin the image the swap replaces)."""
     snap = _generation(generation)
-    with _Session(pool) as s, \
-            s.image(data_name(src_domain, src_volume), snapshot=snap,
-                    read_only=True) as src, \
-            s.image(data_name(domain, volume)) as dst:
-        size = src.size()
-        dst.resize(size, allow_shrink=True)
-        dst.discard(0, size)
+    parent = data_name(src_domain, src_volume)
+    new_snap = _generation(new_generation)
+    staged = staged_name(domain, volume)
+    with _Session(pool) as s:
+        _check_detachable(s, data_name(domain, volume))
+        # Clone v2 (rbd_default_clone_format = 2 in the cluster's conf):
+        # the parent snapshot needs no protection and can be pruned.
+        s.rbd.RBD().clone(s.ioctx, parent, snap, s.ioctx, staged,
+                          features=_data_features(s))
+        with s.image(staged) as image:
+            image.create_snap(new_snap)
 
-        def copy(offset, length, exists):
-            if exists:
-                done = 0
-                while done < length:
-                    step = min(validate.MAX_CHUNK, length - done)
-                    dst.write(src.read(offset + done, step), offset + done)
-                    done += step
-            return 0
-        src.diff_iterate(0, size, None, copy, include_parent=True,
-                         whole_object=False)
-        dst.flush()
+
+@contexts.file_ops.entrypoint
+@audit.audited
+def swap_staged(pool, domain, volume):
+    """Make the staged image the volume's data image: the data image is
+    renamed away (+o), the staged one takes its name, and the old one is
+    removed (its clones that are persistent volumes flattened first).
+    Finishes a swap cut short at any of these steps."""
+    data = data_name(domain, volume)
+    staged = staged_name(domain, volume)
+    old = anchor_name(domain, volume) + '+o'
+    with _Session(pool) as s:
+        names = set(s.rbd.RBD().list(s.ioctx))
+        if staged in names and data in names:
+            s.rbd.RBD().rename(s.ioctx, data, old)
+            names = (names - {data}) | {old}
+        if staged in names:
+            s.rbd.RBD().rename(s.ioctx, staged, data)
+        if old in names:
+            _remove_data(s, old)
+
+
+@contexts.file_ops.entrypoint
+@audit.audited
+def discard_staged(pool, domain, volume):
+    """Drop a staged clone that was never swapped in."""
+    with _Session(pool) as s:
+        _remove_data(s, staged_name(domain, volume))
 
 
 @contexts.file_ops.entrypoint

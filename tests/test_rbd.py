@@ -325,3 +325,83 @@ def test_concurrent_starts_from_both_hosts_exactly_one_wins(hosts):
         assert json.loads(loser[1])['error'] == 'VolumeBusy'
         winner = (a, b)[[rc for rc, _, _ in results].index(0)]
         winner.j('domain', 'stop', dom)
+
+
+def _snapshot_names(image):
+    """Its snapshots (the trash namespace aside), oldest first."""
+    return [s['name'] for s in sorted(json.loads(_rbd(
+        'snap', 'ls', '--format', 'json', f'{CEPH["pool"]}/{image}')),
+        key=lambda s: s['id'])]
+
+
+def _parent(image):
+    info = json.loads(_rbd('info', '--format', 'json',
+                           f'{CEPH["pool"]}/{image}'))
+    parent = info.get('parent')
+    return parent and (parent['image'], parent['snapshot'])
+
+
+def test_instant_clone_is_copy_on_write_and_stays_independent(hosts,
+                                                              tmp_path):
+    from volsep.drivers import rbd as rbd_driver
+    assert rbd_driver.RbdPool.describe()['capabilities']['clone_instant']
+    a = hosts('host-a')
+    src, dst = _domain(), _domain()
+    payload = os.urandom(MiB) + bytes(3 * MiB)
+    (tmp_path / 'a.raw').write_bytes(payload)
+    (tmp_path / 'b.raw').write_bytes(b'B' * 4 * MiB)
+    a.j('volume', 'create', f'{src}:root', '--pool', 'ceph', '--size', '4M')
+    a.j('volume', 'create', f'{dst}:root', '--pool', 'ceph', '--size', '1M')
+    a.j('volume', 'import', f'{src}:root', str(tmp_path / 'a.raw'))
+    current = a.j('volume', 'info', f'{src}:root')
+    a.j('volume', 'clone', f'{src}:root', f'{dst}:root')
+    # Copy-on-write: the clone's image is a child of the source's current
+    # generation, and holds no data of its own.
+    newest = _snapshot_names(f'{src}+root+d')[-1]
+    assert _parent(f'{dst}+root+d') == (f'{src}+root+d', newest)
+    du = json.loads(_rbd('du', '--format', 'json',
+                         f'{CEPH["pool"]}/{dst}+root+d'))
+    assert sum(i['used_size'] for i in du['images']) == 0
+    assert a.j('volume', 'info', f'{dst}:root')['size'] == current['size']
+
+    def content(vol):
+        out = tmp_path / f'{vol}.out'
+        rc, _, err = a.service.cli('volume', 'export', vol, str(out),
+                                   '--force')
+        assert rc == 0, err
+        return out.read_bytes()
+    assert content(f'{dst}:root') == payload
+    # Whatever happens to the source never reaches the clone: a new
+    # generation, a revert, the cloned generation pruned, the source gone.
+    a.j('volume', 'import', f'{src}:root', str(tmp_path / 'b.raw'))
+    assert content(f'{dst}:root') == payload
+    a.j('volume', 'revert', f'{src}:root')   # back to A's content
+    a.j('volume', 'clear', f'{src}:root')
+    assert newest not in _snapshot_names(f'{src}+root+d')   # pruned
+    assert content(f'{dst}:root') == payload
+    a.j('domain', 'start', dst)   # the clone takes writes and commits
+    a.j('domain', 'stop', dst)
+    a.j('volume', 'remove', f'{src}:root')   # flattens the clone first
+    assert _parent(f'{dst}+root+d') is None
+    assert content(f'{dst}:root') == payload
+    assert not [n for n in _rbd('ls', CEPH['pool']).split()
+                if n.startswith(f'{src}+')]
+
+
+def test_instant_clone_refused_while_a_snapshot_of_the_target_runs(hosts):
+    a = hosts('host-a')
+    src, dst, snap = _domain(), _domain(), _domain()
+    a.j('volume', 'create', f'{src}:root', '--pool', 'ceph', '--size', '1M')
+    a.j('volume', 'create', f'{dst}:root', '--pool', 'ceph', '--size', '1M')
+    a.j('volume', 'create', f'{snap}:root', '--pool', 'ceph', '--kind',
+        'snapshot', '--source', f'{dst}:root')
+    a.j('domain', 'start', snap)
+    before = _rbd('ls', '-l', CEPH['pool'])
+    refused = a.fails('volume', 'clone', f'{src}:root', f'{dst}:root')
+    assert refused['error'] == 'VolumeBusy', refused
+    assert 'snapshot volumes' in refused['message']
+    assert _rbd('ls', '-l', CEPH['pool']) == before
+    # Nor can the target go while its snapshot volume runs.
+    assert a.fails('volume', 'remove', f'{dst}:root')['error'] == \
+        'VolumeBusy'
+    a.j('domain', 'stop', snap)
