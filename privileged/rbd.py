@@ -434,9 +434,9 @@ def acquire(pool, domain, volume, host):
             owner = _owner(anchor.list_lockers())
             if owner and owner[0] == host:
                 return _check_ours(s, anchor, domain, volume, host)
-            raise Owned(f'{domain}:{volume} is running on host '
-                        f'{owner[0] if owner else "?"} ({owner[1] if owner else "?"}'
-                        f' at {owner[2] if owner else "?"})') from None
+            holder, client, address = owner or ('?', '?', '?')
+            raise Owned(f'{domain}:{volume} is running on host {holder} '
+                        f'({client} at {address})') from None
         return _owner(anchor.list_lockers())
 
 
