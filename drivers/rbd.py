@@ -19,11 +19,16 @@ writes nothing and reports the loss (OwnershipLost).
 
 import dataclasses
 import logging
+import os
 
 from volsep.drivers import base
 from volsep.drivers import errors
+from volsep.drivers import layout
 from volsep.drivers import validation
 from volsep.privileged import errors as root_errors
+from volsep.privileged import files
+from volsep.privileged import image_formats
+from volsep.privileged import qemu
 from volsep.privileged import rbd
 
 LOG = logging.getLogger('volsep.drivers.rbd')
@@ -66,6 +71,15 @@ def _uuid(value):
     except ValueError:
         raise errors.InvalidArgument(f'secret_uuid {value!r} is not a UUID') \
             from None
+
+
+def _staging_dir(value):
+    if value and (not value.startswith('/') or value.rstrip('/') != value
+                  or os.path.normpath(value) != value):
+        raise errors.InvalidArgument(
+            f'staging_dir {value!r} must be absolute and normal, without a '
+            f'trailing /')
+    return value
 
 
 class RbdVolume(base.Volume):
@@ -325,14 +339,45 @@ class RbdVolume(base.Volume):
                         self._current(self._data(listing)) + 1)
         rbd.swap_staged(*self._args)
 
-    # -- import and export (raw streams) ------------------------------------
+    # -- import and export ------------------------------------------------
+    # Raw streams go straight to and from the data image. Other formats go
+    # through files in the volume's directory under the pool's staging_dir
+    # (qemu-img, confined by Landlock with TCP scoped out, cannot reach
+    # Ceph): the upload, inspected by the root side and converted to raw
+    # there by qemu-img, is then copied into the image; an export is the
+    # generation written out raw, then converted.
+
+    def _staging(self, name=None):
+        directory = self.pool.staging_dir
+        if not directory:
+            raise errors.InvalidArgument(
+                f'pool {self.pool.name} has no staging_dir: imports and '
+                f'exports in formats other than raw need one')
+        base = f'{directory}/{self.config.domain}+{self.config.name}'
+        return base if name is None else f'{base}/{name}'
+
+    def _clear_staging(self, names):
+        """Remove the volume's staging directory and ``names``, what it
+        holds (None: there is no such directory)."""
+        if names is None:
+            return
+        for name in names:
+            files.unlink(self._staging(name))
+        files.rmdir(self._staging())
 
     def import_begin(self, size, fmt='raw'):
         listing = self.listing()
         self._check_idle(listing, 'import into')
-        if listing['meta'].get('import') == 'yes':
+        if listing['meta'].get('import') == 'yes' or any(
+                layout.is_upload(n) for n in listing['staging'] or ()):
             raise errors.VolumeBusy(f'volume {self.config.address} already '
                                     f'has an import pending')
+        if fmt != 'raw':
+            path = self._staging(layout.upload(fmt))
+            if listing['staging'] is None:
+                files.mkdir(self._staging(), 0o700)
+            files.create(path, size)
+            return path
         # Marked first: a crash from here on is rolled back by tidy.
         rbd.set_meta(*self._args, {'import': 'yes'})
         rbd.resize_data(*self._args, 0, True)
@@ -340,10 +385,16 @@ class RbdVolume(base.Volume):
         return f'rbd:{self._image()}'
 
     def import_write(self, offset, data, fmt='raw'):
+        if fmt != 'raw':
+            return files.write_at(self._staging(layout.upload(fmt)), offset,
+                                  data)
         return rbd.write_at(*self._args, offset, data)
 
     def import_end(self, success, fmt='raw'):
         listing = self.listing()
+        if fmt != 'raw':
+            self._import_converted(listing, success, fmt)
+            return
         if listing['meta'].get('import') != 'yes':
             raise errors.InvalidArgument(
                 f'volume {self.config.address} has no import pending')
@@ -354,27 +405,67 @@ class RbdVolume(base.Volume):
             rbd.rollback(*self._args, self._current(self._data(listing)))
         rbd.set_meta(*self._args, {'import': 'no'})
 
+    def _import_converted(self, listing, success, fmt):
+        upload = layout.upload(fmt)
+        if upload not in (listing['staging'] or ()):
+            raise errors.InvalidArgument(
+                f'volume {self.config.address} has no {fmt} import pending')
+        if success:
+            # convert re-checks the upload before qemu-img reads it; Ceph
+            # is touched only once the raw result is complete. If this
+            # fails, the caller ends the import unsuccessfully, which
+            # clears the staging directory.
+            raw = self._staging(layout.IMPORT)
+            qemu.convert(self._staging(upload), fmt, raw, 'raw')
+            self._rewrite_head(listing, lambda: rbd.import_file(
+                *self._args, raw))
+        self._clear_staging(self.listing()['staging'])
+
     def export_begin(self, fmt='raw'):
-        data = self._data(self.listing())
+        listing = self.listing()
+        data = self._data(listing)
         generation = self._current(data)
-        return {'path': f'rbd:{self._image()}@c{generation}',
-                'size': next(s[1] for s in data['snaps']
-                             if s[0] == generation)}
+        if fmt == 'raw':
+            return {'path': f'rbd:{self._image()}@c{generation}',
+                    'size': next(s[1] for s in data['snaps']
+                                 if s[0] == generation)}
+        if listing['staging'] is None:
+            files.mkdir(self._staging(), 0o700)
+        snapshot = self._staging(layout.export())
+        target = self._staging(layout.export(fmt))
+        rbd.export_file(*self._args, generation, snapshot)
+        try:
+            qemu.convert(snapshot, 'raw', target, fmt)
+        finally:
+            files.unlink(snapshot)
+        return {'path': target, 'size': files.stat_path(target)['size']}
 
     def _export_generation(self, path):
+        """The generation a raw export reads, or None for a converted
+        export's file; InvalidArgument for anything else."""
         prefix = f'rbd:{self._image()}@c'
         tail = path[len(prefix):] if path.startswith(prefix) else ''
-        if not tail.isdigit() or len(tail) > 18:
-            raise errors.InvalidArgument(f'{path} is not an export of '
-                                         f'{self.config.address}')
-        return int(tail)
+        if tail.isdigit() and len(tail) <= 18:
+            return int(tail)
+        name = path.rpartition('/')[2]
+        if self.pool.staging_dir and path == self._staging(name) and \
+                layout.is_export(name):
+            return None
+        raise errors.InvalidArgument(f'{path} is not an export of '
+                                     f'{self.config.address}')
 
     def export_read(self, path, offset, length):
-        return rbd.read_at(*self._args, self._export_generation(path),
-                           offset, length)
+        generation = self._export_generation(path)
+        if generation is None:
+            return files.read_at(path, offset, length)
+        return rbd.read_at(*self._args, generation, offset, length)
 
     def export_end(self, path):
-        self._export_generation(path)
+        if self._export_generation(path) is None:
+            files.unlink(path)
+            listing = self.listing()
+            if listing['staging'] == []:
+                files.rmdir(self._staging())
 
     # -- state ---------------------------------------------------------------
 
@@ -431,6 +522,8 @@ class _Removal:
             rbd.remove(*self.volume._args)
         except root_errors.NotFound:
             pass
+        key = f'{self.volume.config.domain}+{self.volume.config.name}'
+        self.volume._clear_staging(self.volume.pool.staging().get(key))
 
     def undo(self):
         pass
@@ -439,9 +532,10 @@ class _Removal:
 class RbdPool(base.Pool):
     driver = 'rbd'
     volume_class = RbdVolume
-    capabilities = dataclasses.replace(base.Capabilities(), revert=True,
-                                       resize_running=True,
-                                       clone_instant=True)
+    capabilities = dataclasses.replace(
+        base.Capabilities(), revert=True, resize_running=True,
+        clone_instant=True, import_formats=image_formats.FORMATS,
+        export_formats=qemu.OUTPUT_FORMATS)
     options = dict(
         base.Pool.options,
         ceph_pool=base.Option('Ceph pool (one the root configuration '
@@ -462,6 +556,11 @@ class RbdPool(base.Pool):
         secret_uuid=base.Option('UUID of the libvirt secret that holds the '
                                 'key of the client (never the key itself)',
                                 default='', parse=_uuid),
+        staging_dir=base.Option('absolute directory beneath an allowed '
+                                'root for imports and exports in formats '
+                                'other than raw (qemu-img converts them '
+                                'there: it cannot reach Ceph); none: raw '
+                                'only', default='', parse=_staging_dir),
     )
 
     @property
@@ -476,14 +575,53 @@ class RbdPool(base.Pool):
     def monitors(self):
         return _monitors(self.options['monitors'])
 
+    @property
+    def staging_dir(self):
+        return self.options['staging_dir']
+
     def setup(self):
         rbd.scan(self.ceph_pool)  # the pool is allowed and reachable
+        if self.staging_dir:   # beneath an allowed root, root's own
+            try:
+                files.mkdir(self.staging_dir, 0o700)
+            except root_errors.AlreadyExists:
+                files.list_dir(self.staging_dir)   # a directory we may use
+
+    def staging(self):
+        """{'DOMAIN+VOLUME': [names]} of the volumes' staging
+        directories."""
+        if not self.staging_dir:
+            return {}
+        try:
+            tree = files.list_tree(self.staging_dir, 1)
+        except root_errors.NotFound:
+            return {}
+        return {key: [e['name'] for e in entries]
+                for key, entries in tree.items()}
+
+    def finish_removals(self, recorded):
+        """At start-up nothing is imported or exported yet: whatever the
+        staging directories hold was left by an import or export cut
+        short (or a removal), and goes. Returns [(action, path)]."""
+        done = []
+        for key, names in sorted(self.staging().items()):
+            for name in names:
+                files.unlink(f'{self.staging_dir}/{key}/{name}')
+            files.rmdir(f'{self.staging_dir}/{key}')
+            done.append(('removed', f'{self.staging_dir}/{key}'))
+        return done
 
     def destroy(self):
         pass  # the Ceph pool and its volumes belong to every host
 
     def listings(self):
-        return rbd.scan(self.ceph_pool)
+        """rbd.scan's entries, each with 'staging': the names in the
+        volume's staging directory (None without one)."""
+        found = rbd.scan(self.ceph_pool)
+        staging = self.staging()
+        for vid, entry in found.items():
+            entry['staging'] = staging.get(vid.replace('/', '+'))
+        return found
 
     def usage(self):
         return rbd.usage(self.ceph_pool)

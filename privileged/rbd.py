@@ -19,6 +19,7 @@ either.
 """
 
 import errno
+import os
 import re
 import threading
 import time
@@ -26,8 +27,13 @@ import time
 from volsep.privileged import audit
 from volsep.privileged import config
 from volsep.privileged import contexts
+from volsep.privileged import copying
 from volsep.privileged import errors
+from volsep.privileged import holes
+from volsep.privileged import inuse
+from volsep.privileged import paths
 from volsep.privileged import validate
+from volsep.privileged import zeros
 
 NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z')
 # The keys a volume's anchor records (read one by one: this librbd's
@@ -668,6 +674,60 @@ def read_at(pool, domain, volume, generation, offset, length):
             s.image(data_name(domain, volume), snapshot=snap,
                     read_only=True) as image:
         return image.read(offset, max(min(length, image.size() - offset), 0))
+
+
+@contexts.file_ops.entrypoint
+@audit.audited
+def import_file(pool, domain, volume, path):
+    """Make the data image's head exactly the raw file ``path`` (beneath
+    an allowed root, held in use meanwhile): its size, its data extents
+    written, the rest discarded, then flushed. The file is only read, as
+    bytes: qemu-img, which wrote it from an untrusted image, cannot reach
+    Ceph under its confinement, so its output is copied in here."""
+    with paths.regular_file(path, os.O_RDONLY) as (fd, st), \
+            _Session(pool) as s, s.image(data_name(domain, volume)) as image:
+        inuse.hold(fd, path)
+        size = st.st_size
+        validate.size(size)
+        image.resize(size, allow_shrink=True)
+        image.discard(0, size)
+        for start, end in copying.data_segments(fd, size):
+            for offset in range(start, end, validate.MAX_CHUNK):
+                data = os.pread(fd, min(validate.MAX_CHUNK, end - offset),
+                                offset)
+                for begin, finish, zero in zeros.runs(data):
+                    if not zero:
+                        image.write(data[begin:finish], offset + begin)
+        image.flush()
+
+
+@contexts.file_ops.entrypoint
+@audit.audited
+def export_file(pool, domain, volume, generation, path):
+    """Write a committed generation as a new raw file ``path`` (beneath an
+    allowed root; published only once complete and flushed), its
+    unallocated extents left as holes: what qemu-img converts an export
+    from, since it cannot reach Ceph under its confinement."""
+    snap = _generation(generation)
+    with paths.parent_of(path) as (parent, name), \
+            paths.anonymous_file(parent, 0o600) as fd, \
+            _Session(pool) as s, \
+            s.image(data_name(domain, volume), snapshot=snap,
+                    read_only=True) as image:
+        size = image.size()
+        os.ftruncate(fd, size)
+
+        def copy(offset, length, exists):
+            if exists:
+                for at in range(offset, offset + length, validate.MAX_CHUNK):
+                    holes.write(fd, at, image.read(at, min(
+                        validate.MAX_CHUNK, offset + length - at)))
+            return 0
+        image.diff_iterate(0, size, None, copy, include_parent=True,
+                           whole_object=False)
+        os.fsync(fd)
+        paths.publish(fd, parent, name, path)
+        paths.fsync_directory(parent)
 
 
 @contexts.file_ops.entrypoint

@@ -9,11 +9,13 @@ import json
 import os
 import signal
 import subprocess
+import time
 import uuid
 
 import pytest
 from lxml import etree
 
+from tests import image_corpus as corpus
 from tests import service_helpers as sh
 
 MiB = 1 << 20
@@ -55,11 +57,16 @@ class Host:
         self.service.start()
         return self
 
+    @property
+    def staging_dir(self):
+        return f'{self.state_dir}/pools/staging'
+
     def add_pool(self, pool='ceph'):
         return self.service.json(
             'pool', 'add', pool, 'rbd', '-o', f'ceph_pool={CEPH["pool"]}',
             '-o', f'host_id={self.name}', '-o',
-            f'monitors={CEPH["monitors"]}', '-o', f'secret_uuid={SECRET}')
+            f'monitors={CEPH["monitors"]}', '-o', f'secret_uuid={SECRET}',
+            '-o', f'staging_dir={self.staging_dir}')
 
     def j(self, *args):
         return self.service.json(*args)
@@ -405,3 +412,97 @@ def test_instant_clone_refused_while_a_snapshot_of_the_target_runs(hosts):
     assert a.fails('volume', 'remove', f'{dst}:root')['error'] == \
         'VolumeBusy'
     a.j('domain', 'stop', snap)
+
+
+# -- images in other formats than raw ------------------------------------------
+
+def _craft(case, tmp_path):
+    directory = tmp_path / case.name
+    directory.mkdir()
+    return case.make(str(directory))
+
+
+def _staging_left(rig, host):
+    """What the staging directory still holds once the service is done
+    with it (an export ends after the CLI has read its last byte)."""
+    deadline = time.monotonic() + 10
+    while rig.tree(host.staging_dir) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return rig.tree(host.staging_dir)
+
+
+def _compare(fmt, a, b_fmt, b):
+    check = subprocess.run(['/usr/bin/qemu-img', 'compare', '-f', fmt, '-F',
+                            b_fmt, str(a), str(b)], capture_output=True,
+                           text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_images_of_every_format_round_trip_through_an_rbd_volume(hosts,
+                                                                  tmp_path,
+                                                                  rig):
+    """Imported through the staging directory (inspected, converted there
+    by confined qemu-img, copied into the image), exported raw from the
+    image and as qcow2 (written out raw there, converted): each export
+    reads as the source does, and nothing is left in the staging
+    directory."""
+    a = hosts('host-a')
+    dom = _domain()
+    a.j('volume', 'create', f'{dom}:root', '--pool', 'ceph', '--size', '1M')
+    for case in corpus.BENIGN:
+        source = _craft(case, tmp_path)
+        source_fmt = corpus.qemu_format(case.declared)
+        a.j('volume', 'import', f'{dom}:root', source, '--format',
+            case.declared, '--force')
+        for fmt in ('raw', 'qcow2'):
+            out = tmp_path / f'{case.name}.{fmt}'
+            a.j('volume', 'export', f'{dom}:root', str(out), '--format', fmt)
+            _compare(fmt, out, source_fmt, source)
+        assert not corpus.host_bytes_in(
+            (tmp_path / f'{case.name}.raw').read_bytes())
+        assert _staging_left(rig, a) == {}, case.name
+
+
+def test_hostile_images_are_refused_and_the_volume_stays(hosts, tmp_path,
+                                                         rig):
+    a = hosts('host-a')
+    dom = _domain()
+    a.j('volume', 'create', f'{dom}:root', '--pool', 'ceph', '--size', '4M')
+    payload = tmp_path / 'payload.raw'
+    payload.write_bytes(os.urandom(MiB) + bytes(3 * MiB))
+    a.j('volume', 'import', f'{dom}:root', str(payload))
+    image = f'{dom}+root+d'
+    info = a.j('volume', 'info', f'{dom}:root')
+    snaps = _snapshot_names(image)
+    for case in corpus.HOSTILE:
+        rc, out, err = a.service.cli('volume', 'import', f'{dom}:root',
+                                     _craft(case, tmp_path), '--format',
+                                     case.declared, '--force')
+        assert rc == 1 and err.startswith('volsep: UnsafeImage: '), \
+            (case.name, out, err)
+        assert a.j('volume', 'info', f'{dom}:root') == info, case.name
+        assert _snapshot_names(image) == snaps, case.name
+        assert _image_bytes(image) == payload.read_bytes(), case.name
+        assert _staging_left(rig, a) == {}, case.name
+
+
+def test_non_raw_imports_need_a_staging_dir(hosts, rig, tmp_path):
+    a = hosts('host-a')
+    rc, out, err = a.service.cli(
+        'pool', 'add', 'bare', 'rbd', '-o', f'ceph_pool={CEPH["pool"]}',
+        '-o', 'host_id=host-a', '-o', f'monitors={CEPH["monitors"]}',
+        '-o', 'staging_dir=relative/dir')
+    assert rc == 1 and 'absolute' in err, err
+    a.j('pool', 'add', 'bare', 'rbd', '-o', f'ceph_pool={CEPH["pool"]}',
+        '-o', 'host_id=host-a', '-o', f'monitors={CEPH["monitors"]}')
+    dom = _domain()
+    a.j('volume', 'create', f'{dom}:root', '--pool', 'bare', '--size', '1M')
+    source = corpus.converted(str(tmp_path), 'qcow2')
+    refused = a.fails('volume', 'import', f'{dom}:root', source, '--format',
+                      'qcow2', '--force')
+    assert refused['error'] == 'InvalidArgument'
+    assert 'staging_dir' in refused['message']
+    refused = a.fails('volume', 'export', f'{dom}:root',
+                      str(tmp_path / 'out.qcow2'), '--format', 'qcow2')
+    assert 'staging_dir' in refused['message']
+    assert not (tmp_path / 'out.qcow2').exists()
