@@ -17,6 +17,7 @@ host, when it next commits or stops, finds it no longer owns the volume,
 writes nothing and reports the loss (OwnershipLost).
 """
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -201,8 +202,8 @@ class RbdVolume(base.Volume):
         go, a volatile or snapshot data image nobody owns is deleted, and
         the anchor's record follows this configuration."""
         listing = self.listing()
-        if listing is None:
-            return listing
+        if listing is None or self._owned_elsewhere(listing):
+            return listing   # another host's to finish
         if listing['old']:      # an instant clone swapped in part-way
             rbd.swap_staged(*self._args)
         elif listing['staged']:   # one that never was
@@ -243,7 +244,7 @@ class RbdVolume(base.Volume):
         return self.config.kind != 'persistent' and listing['data'] is None
 
     def needs_attention(self, listing, running):
-        if listing is None:
+        if listing is None or self._owned_elsewhere(listing):
             return False
         return listing['meta'].get('import') == 'yes' or \
             listing['partial'] or listing['staged'] or listing['old'] or (
@@ -260,8 +261,27 @@ class RbdVolume(base.Volume):
     def _check_idle(self, listing, what):
         if listing['owner'] is not None:
             raise errors.VolumeBusy(
-                f'cannot {what} {self.config.address}: running on host '
-                f'{listing["owner"][0]}')
+                f'cannot {what} {self.config.address}: running on (or '
+                f'being changed by) host {listing["owner"][0]}')
+
+    def _take(self, what):
+        try:
+            rbd.acquire(*self._args, self.pool.host_id)
+        except rbd.Owned as err:
+            raise errors.VolumeBusy(f'cannot {what} {self.config.address}: '
+                                    f'{err.message}') from None
+
+    @contextlib.contextmanager
+    def _held(self, what):
+        """This host owns the volume while it changes it stopped, as while
+        it runs: no other host starts, changes or tidies it meanwhile
+        (VolumeBusy), and if this service dies, its restart finishes the
+        work (reconcile: tidy, then stop, which commits and releases)."""
+        self._take(what)
+        try:
+            yield
+        finally:
+            rbd.release(*self._args, self.pool.host_id)
 
     def revert(self, revision=None):
         listing = self.tidy()
@@ -277,7 +297,8 @@ class RbdVolume(base.Volume):
                 f'volume {self.config.address} has no revision {revision}')
         # The reverted-to content becomes a new generation: the current one
         # stays as a revision, so the revert can itself be undone.
-        self._rewrite_head(listing, lambda: rbd.rollback(*self._args, target))
+        self._rewrite_head(listing, lambda: rbd.rollback(*self._args, target),
+                           'revert')
 
     # -- resize, clear, clone ----------------------------------------------
 
@@ -292,17 +313,19 @@ class RbdVolume(base.Volume):
             rbd.resize_data(*self._args, size, allow_shrink)
         else:
             self._rewrite_head(listing, lambda: rbd.resize_data(
-                *self._args, size, allow_shrink))
+                *self._args, size, allow_shrink), 'resize')
 
-    def _rewrite_head(self, listing, change):
+    def _rewrite_head(self, listing, change, what):
         """Change a stopped volume's head and commit it as the next
-        generation. The head is marked as being rewritten first, so a
-        crash before the commit is rolled back (tidy) and the head never
-        differs from the committed generation while stopped."""
-        rbd.set_meta(*self._args, {'import': 'yes'})
-        change()
-        self._commit_head(listing)
-        rbd.set_meta(*self._args, {'import': 'no'})
+        generation, holding the volume (_held). The head is marked as
+        being rewritten first, so a crash before the commit is rolled back
+        (tidy) and the head never differs from the committed generation
+        while stopped."""
+        with self._held(what):
+            rbd.set_meta(*self._args, {'import': 'yes'})
+            change()
+            self._commit_head(listing)
+            rbd.set_meta(*self._args, {'import': 'no'})
 
     def _commit_head(self, listing):
         rbd.commit(*self._args, self._current(self._data(listing)) + 1)
@@ -316,7 +339,7 @@ class RbdVolume(base.Volume):
         def zero():
             rbd.resize_data(*self._args, 0, True)
             rbd.resize_data(*self._args, size)
-        self._rewrite_head(listing, zero)
+        self._rewrite_head(listing, zero, 'clear')
 
     def import_from(self, source):
         """An instant clone: the volume's data image becomes a
@@ -333,11 +356,12 @@ class RbdVolume(base.Volume):
                 source.pool.ceph_pool != self.pool.ceph_pool:
             raise errors.NotSupported('rbd clones stay within one Ceph pool')
         generation = source._current(source._data(source.listing()))
-        rbd.stage_clone(self.pool.ceph_pool, source.config.domain,
-                        source.config.name, generation, self.config.domain,
-                        self.config.name,
-                        self._current(self._data(listing)) + 1)
-        rbd.swap_staged(*self._args)
+        with self._held('clone into'):
+            rbd.stage_clone(self.pool.ceph_pool, source.config.domain,
+                            source.config.name, generation,
+                            self.config.domain, self.config.name,
+                            self._current(self._data(listing)) + 1)
+            rbd.swap_staged(*self._args)
 
     # -- import and export ------------------------------------------------
     # Raw streams go straight to and from the data image. Other formats go
@@ -378,10 +402,16 @@ class RbdVolume(base.Volume):
                 files.mkdir(self._staging(), 0o700)
             files.create(path, size)
             return path
-        # Marked first: a crash from here on is rolled back by tidy.
-        rbd.set_meta(*self._args, {'import': 'yes'})
-        rbd.resize_data(*self._args, 0, True)
-        rbd.resize_data(*self._args, size)
+        # Held until import_end (see _held), and marked: a crash from
+        # here on is rolled back by tidy.
+        self._take('import into')
+        try:
+            rbd.set_meta(*self._args, {'import': 'yes'})
+            rbd.resize_data(*self._args, 0, True)
+            rbd.resize_data(*self._args, size)
+        except BaseException:
+            rbd.release(*self._args, self.pool.host_id)   # tidy rolls back
+            raise
         return f'rbd:{self._image()}'
 
     def import_write(self, offset, data, fmt='raw'):
@@ -404,6 +434,7 @@ class RbdVolume(base.Volume):
         else:
             rbd.rollback(*self._args, self._current(self._data(listing)))
         rbd.set_meta(*self._args, {'import': 'no'})
+        rbd.release(*self._args, self.pool.host_id)
 
     def _import_converted(self, listing, success, fmt):
         upload = layout.upload(fmt)
@@ -418,7 +449,7 @@ class RbdVolume(base.Volume):
             raw = self._staging(layout.IMPORT)
             qemu.convert(self._staging(upload), fmt, raw, 'raw')
             self._rewrite_head(listing, lambda: rbd.import_file(
-                *self._args, raw))
+                *self._args, raw), 'import into')
         self._clear_staging(self.listing()['staging'])
 
     def export_begin(self, fmt='raw'):
