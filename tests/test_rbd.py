@@ -506,3 +506,35 @@ def test_non_raw_imports_need_a_staging_dir(hosts, rig, tmp_path):
                       str(tmp_path / 'out.qcow2'), '--format', 'qcow2')
     assert 'staging_dir' in refused['message']
     assert not (tmp_path / 'out.qcow2').exists()
+
+
+def test_a_change_under_way_on_one_host_is_left_alone_by_another(hosts,
+                                                                 tmp_path):
+    """Host A (a manager in this process) is importing into a stopped
+    volume: it holds the volume meanwhile, so host B can neither start nor
+    change it, and B's restart (reconcile) does not roll A's import
+    back."""
+    from volsep.frontend import manager as manager_module
+    b = hosts('host-b')
+    mgr = manager_module.Manager(str(tmp_path / 'host-a'))
+    mgr.add_pool('ceph', 'rbd', [('ceph_pool', CEPH['pool']),
+                                 ('host_id', 'host-a'),
+                                 ('monitors', CEPH['monitors'])])
+    dom = _domain()
+    mgr.create_volume(f'{dom}:root', 'ceph', MiB)
+    b.j('volume', 'list')
+    mgr.import_begin(f'{dom}:root', MiB)
+    mgr.import_write(f'{dom}:root', 0, b'n' * MiB)
+    try:
+        assert b.fails('domain', 'start', dom)['error'] == 'VolumeBusy'
+        refused = b.fails('volume', 'clear', f'{dom}:root')
+        assert refused['error'] == 'VolumeBusy'
+        assert 'host-a' in refused['message']
+        b.service.stop()
+        b.start()   # reconcile
+        assert b.j('volume', 'info', f'{dom}:root')['owner'] == 'host-a'
+    finally:
+        mgr.import_end(f'{dom}:root')
+    assert _image_bytes(f'{dom}+root+d') == b'n' * MiB
+    assert b.j('volume', 'info', f'{dom}:root')['owner'] is None
+    mgr.remove_volume(f'{dom}:root')
