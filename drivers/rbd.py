@@ -188,12 +188,14 @@ class RbdVolume(base.Volume):
 
     def _prune(self, data=None):
         """Drop the oldest revisions beyond revisions_to_keep (the current
-        generation is never one of them)."""
+        generation is never one of them); whether any went."""
         data = data or self._data(self.listing())
         keep = max(self.config.revisions_to_keep, 0)
         revisions = [s[0] for s in data['snaps'][:-1]]
-        for generation in revisions[:max(len(revisions) - keep, 0)]:
+        dropped = revisions[:max(len(revisions) - keep, 0)]
+        for generation in dropped:
             rbd.drop_generation(*self._args, generation)
+        return bool(dropped)
 
     def tidy(self, keep_import=False):
         """Finish what a crash interrupted: an instant clone is finished
@@ -211,6 +213,7 @@ class RbdVolume(base.Volume):
         if listing['old'] or listing['staged']:
             listing = self.listing()
         data = self._data(listing)
+        changed = False
         if listing['meta'].get('import') == 'yes' and not keep_import:
             if self._current(data) is not None:
                 rbd.rollback(*self._args, self._current(data))
@@ -219,11 +222,14 @@ class RbdVolume(base.Volume):
             meta['import'] = listing['meta'].get('import', 'no')
         if {k: listing['meta'].get(k, '') for k in meta} != meta:
             rbd.set_meta(*self._args, meta)
+            changed = True
         if self.config.kind == 'persistent' and data:
-            self._prune(data)
+            changed |= self._prune(data)
         elif (data or listing['partial']) and listing['owner'] is None:
             rbd.remove_data(*self._args)
-        return self.listing()
+            changed = True
+        # A listing is a scan of the pool: taken again only if needed.
+        return self.listing() if changed else listing
 
     def lacks_working_copy(self, listing):
         """Whether a volume this host recorded as running is stopped in
