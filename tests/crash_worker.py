@@ -154,7 +154,7 @@ def arm(kill_at, target, daemons, counts=lambda name: True):
     after the kill_at-th one returns, SIGKILL this frontend, the file
     daemon ('daemon') or the long-jobs daemon ('jobs')."""
     original = privsep_daemon._ClientChannel.remote_call
-    state = {'calls': 0}
+    state = {'calls': 0, 'names': []}
 
     def counted(self, name, args, kwargs, timeout):
         if not name.startswith('volsep.') or not counts(name):
@@ -163,6 +163,7 @@ def arm(kill_at, target, daemons, counts=lambda name: True):
             return original(self, name, args, kwargs, timeout)
         finally:
             state['calls'] += 1
+            state['names'].append(name)
             if state['calls'] == kill_at:
                 emit(killed_after=kill_at, target=target, call=name)
                 if target == 'frontend':

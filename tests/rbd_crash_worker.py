@@ -20,25 +20,33 @@ import faulthandler
 import hashlib
 import json
 import os
+import subprocess
 import sys
 
 from tests import crash_worker
 from tests import procs
 from tests import rig
 from volsep.privileged import contexts
+from volsep.privileged import files
+from volsep.privileged import qemu
 from volsep.privileged import rbd
 
 MiB = 1 << 20
 SIZE = 4 * MiB
-# The rbd entrypoints that only read: a kill after one of them repeats
-# the kill after the call before it.
-READ_ONLY = ('scan', 'read_at', 'usage')
+# The rbd and file entrypoints that only read: a kill after one of them
+# repeats the kill after the call before it. Of qemu-img's, convert is the
+# one that writes.
+READ_ONLY = ('scan', 'read_at', 'usage', 'list_tree', 'list_dir',
+             'stat_path')
 emit = crash_worker.emit
 
 
 def _changes(name):
     module, _, leaf = name.rpartition('.')
-    return module == rbd.__name__ and leaf not in READ_ONLY
+    if module == qemu.__name__:
+        return leaf == 'convert'
+    return module in (rbd.__name__, files.__name__) and \
+        leaf not in READ_ONLY
 
 
 def _rbd_cli(spec, *args):
@@ -98,6 +106,11 @@ def _names(spec):
     return sorted(found)
 
 
+def _staging(spec):
+    """What the pool's staging directory holds, if it has one."""
+    return sorted(rig.tree(spec['staging'])) if 'staging' in spec else []
+
+
 def _guest_write(spec, domain, data):
     rbd.write_at(spec['pool'], domain, 'root', 0, data)
 
@@ -108,12 +121,33 @@ def _commit(mgr, spec, domain, data):
     mgr.stop_domain(domain)
 
 
+def _qcow2(spec, data):
+    """A qcow2 image holding ``data`` at offset 0, made as the test user
+    (this process, after the drop)."""
+    path = f'{spec["state_dir"]}/upload.qcow2'
+    for argv in (['qemu-img', 'create', '-q', '-f', 'qcow2', path, '2M'],
+                 ['qemu-io', '-f', 'qcow2', '-c',
+                  f'write -P {data[0]} 0 {len(data)}', path]):
+        subprocess.run(argv, check=True, capture_output=True)
+    return path
+
+
+def _stream(mgr, address, path, fmt):
+    """An upload, as volsepd streams one: inspected, then written."""
+    with open(path, 'rb') as f:
+        content = f.read()
+    mgr.import_begin(address, len(content), fmt, force=True)
+    mgr.import_inspect(address, content)
+    mgr.import_write(address, 0, content)
+
+
 def prepare(mgr, spec):
     """Build the pre-state; return the operation to run."""
     dom, src = spec['dom'], spec['src']
     mgr.add_pool('ceph', 'rbd', [('ceph_pool', spec['pool']),
                                  ('host_id', spec['host']),
-                                 ('monitors', spec['monitors'])])
+                                 ('monitors', spec['monitors'])] + (
+        [('staging_dir', spec['staging'])] if 'staging' in spec else []))
     mgr.create_volume(f'{dom}:root', 'ceph', SIZE, revisions_to_keep=2)
     _commit(mgr, spec, dom, b'A' * 65536)
     op = spec['op']
@@ -132,6 +166,10 @@ def prepare(mgr, spec):
     if op == 'import':
         mgr.import_begin(f'{dom}:root', 2 * MiB, force=True)
         mgr.import_write(f'{dom}:root', 0, b'D' * 65536)
+        return lambda: mgr.import_end(f'{dom}:root', True)
+    if op == 'import-qcow2':
+        image = _qcow2(spec, b'Q' * 65536)
+        _stream(mgr, f'{dom}:root', image, 'qcow2')
         return lambda: mgr.import_end(f'{dom}:root', True)
     if op == 'resize':
         return lambda: mgr.resize(f'{dom}:root', 8 * MiB)
@@ -155,7 +193,8 @@ def phase_op(mgr, spec, daemons):
     except Exception as err:  # noqa: BLE001 - reported to the test
         emit(failed=f'{type(err).__name__}: {err}')
         return
-    emit(calls=state['calls'], new=_committed(mgr, spec, address)[0])
+    emit(calls=state['calls'], new=_committed(mgr, spec, address)[0],
+         names=[n.rpartition('.')[2] for n in state['names']])
     if not spec.get('kill_at'):
         _remove_all(mgr, spec)   # a reference run: nothing to check
 
@@ -177,6 +216,7 @@ def phase_check(mgr, spec, daemons):
     running = mgr.domains[dom].running
     committed, head = _committed(mgr, spec, address)
     emit(reconciled=committed, head=head, names=_names(spec),
+         staging=_staging(spec),
          ids=_ids(mgr, address), running=running,
          owner=_owner(mgr, address),
          unattached=[c.address for c in mgr.domains[dom].volumes.values()

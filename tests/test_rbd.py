@@ -414,7 +414,7 @@ def test_instant_clone_refused_while_a_snapshot_of_the_target_runs(hosts):
     a.j('domain', 'stop', snap)
 
 
-# -- images in other formats than raw ------------------------------------------
+# -- images in other formats than raw ---------------------------------------
 
 def _craft(case, tmp_path):
     directory = tmp_path / case.name

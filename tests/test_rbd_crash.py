@@ -1,17 +1,19 @@
 """Crash safety of the rbd driver by real SIGKILLs, on the test cluster.
 
 As test_crash.py does for the file drivers: a reference run of each
-operation counts its privileged rbd calls that may change something (M);
-then for every N in 1..M a fresh pair of volumes is prepared in a worker
-process (tests/rbd_crash_worker.py), the operation is started, and right
-after the N-th such call the worker (the frontend) or its file daemon (the
-root daemon that talks to Ceph) is SIGKILLed. A restarted service must
-then find the volume's committed content exactly old or exactly new (by
-checksum, read by the cluster's admin), the head a VM attaches equal to
-it once stopped, the ownership lock released or held by this host while
-the domain is recorded running, no image or snapshot beyond the volume's
-own, no generation id used twice; and removing the volumes leaves
-nothing in the pool.
+operation lists its privileged calls that may change something (rbd,
+file and qemu-img convert calls); then for each N of them (every one,
+except the steps all changes of a stopped volume share, which are killed
+after in revert only: see SHARED) a fresh pair of volumes is prepared in
+a worker process (tests/rbd_crash_worker.py), the operation is started,
+and right after the N-th such call the worker (the frontend) or its file
+daemon (the root daemon that talks to Ceph) is SIGKILLed. A restarted
+service must then find the volume's committed content exactly old or
+exactly new (by checksum, read by the cluster's admin), the head a VM
+attaches equal to it once stopped, the ownership lock released or held
+by this host while the domain is recorded running, no image or snapshot
+beyond the volume's own, nothing in the staging directory, no generation
+id used twice; and removing the volumes leaves nothing in the pool.
 """
 
 import concurrent.futures
@@ -24,10 +26,13 @@ import uuid
 
 import pytest
 
+from tests.conftest import ROOTS
+
 PYTHON = sys.executable   # the venv under test (VOLSEP_VENV)
 CEPH = dict(item.split('=', 1)
             for item in os.environ.get('VOLSEP_TEST_CEPH', '').split())
-OPERATIONS = ['start', 'stop', 'revert', 'import', 'resize', 'clone']
+OPERATIONS = ['start', 'stop', 'revert', 'import', 'import-qcow2', 'resize',
+              'clone']
 PARALLEL = 4
 
 
@@ -60,15 +65,20 @@ def _worker(rig, spec, tmp_path):
     return rc, events, '\n'.join(other)
 
 
-def _fresh(tmp_path):
+def _fresh(tmp_path, op):
+    """A spec for a pair of volumes of their own; a non-raw import also
+    gets a staging directory (beneath an allowed root)."""
     assert CEPH.get('pool'), 'no Ceph cluster: run the suite with tests/run'
     tag = uuid.uuid4().hex[:8]
     state = tmp_path / tag
     state.mkdir()
-    return {'dom': f'cd{tag}', 'src': f'cs{tag}', 'host': f'h{tag}',
+    spec = {'dom': f'cd{tag}', 'src': f'cs{tag}', 'host': f'h{tag}',
             'state_dir': str(state),
             'pool': CEPH['pool'], 'monitors': CEPH['monitors'],
             'conf': CEPH['conf']}
+    if op == 'import-qcow2':
+        spec['staging'] = f'{ROOTS["xfs"]}/st-{tag}'
+    return spec
 
 
 def _own_images(spec, running=False):
@@ -82,7 +92,7 @@ def _own_images(spec, running=False):
 
 def _kill_and_check(rig, tmp_path, op, target, kill_at, new):
     """One kill, then the restart after it, checked."""
-    spec = _fresh(tmp_path)
+    spec = _fresh(tmp_path, op)
     rc, events, err = _worker(rig, dict(spec, phase='op', op=op,
                                         kill_at=kill_at, target=target),
                               tmp_path)
@@ -118,21 +128,42 @@ def _kill_and_check(rig, tmp_path, op, target, kill_at, new):
     assert fresh_ids and min(fresh_ids) > max(ids_before), where
     assert check['revisions'] == sorted(set(check['revisions'])), where
     assert check['left'] == [], where
+    assert check['staging'] == [], where   # no upload nor raw copy left
+    if 'staging' in spec:
+        rig.rmtree(spec['staging'])
 
 
 @pytest.mark.parametrize('op', OPERATIONS)
 def test_kill_after_every_privileged_rbd_call(op, tmp_path, rig):
-    spec = _fresh(tmp_path)
+    spec = _fresh(tmp_path, op)
     rc, reference, err = _worker(rig, dict(spec, phase='op', op=op),
                                  tmp_path)
     assert rc == 0 and 'calls' in reference, (reference, err)
+    if 'staging' in spec:
+        rig.rmtree(spec['staging'])
     assert reference['calls'] >= 1
-    print(f'{op}: {reference["calls"]} privileged rbd calls')
-
+    kills = _kill_points(op, reference['names'])
+    print(f'{op}: {reference["calls"]} changing calls '
+          f'{reference["names"]}; kills after {kills}')
+    assert kills
     # Several kills at once: the time is Ceph's latency, not CPU.
     with concurrent.futures.ThreadPoolExecutor(PARALLEL) as pool:
         for done in [pool.submit(_kill_and_check, rig, tmp_path, op, target,
                                  kill_at, reference['new'])
                      for target in ('frontend', 'daemon')
-                     for kill_at in range(1, reference['calls'] + 1)]:
+                     for kill_at in kills]:
             done.result()
+
+
+# The steps every change of a stopped volume shares (take the volume,
+# mark the head, commit, prune, unmark, release): killed after each of
+# them in revert; in the other changes only after their own steps, the
+# same state otherwise being made and checked twice.
+SHARED = ('acquire', 'set_meta', 'commit', 'drop_generation', 'release')
+OWN_STEPS_ONLY = ('import', 'import-qcow2', 'resize', 'clone')
+
+
+def _kill_points(op, names):
+    """The 1-based call indices to kill after."""
+    return [i for i, name in enumerate(names, 1)
+            if op not in OWN_STEPS_ONLY or name not in SHARED]
