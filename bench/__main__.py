@@ -35,6 +35,7 @@ BENCHMARKS = {
     'chaos': chaos.chaos,
     'rbd-snapshot-start': rbd.snapshot_start,
     'rbd-transfers': rbd.transfers,
+    'rbd-clone': rbd.clone,
     'lvm-thin-cycle': lvm_thin.cycle,
     'lvm-thin-clone': lvm_thin.clone,
 }

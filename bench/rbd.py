@@ -1,7 +1,7 @@
 """rbd driver benchmarks on the cluster bench/run starts for them: a
-snapshot volume's start+stop through volsep against the bare librbd clone
-and removal it comes down to, and raw import/export through volsep
-against `rbd import` / `rbd export`."""
+snapshot volume's start+stop, and an instant clone, through volsep against
+the bare librbd clone and removal they come down to, and raw import/export
+through volsep against `rbd import` / `rbd export`."""
 
 import os
 import shutil
@@ -75,6 +75,38 @@ def snapshot_start(repeat=20):
         timing.report('volsep snapshot start+stop', volsep_s, bare_s, 'ms')
     finally:
         for address in (f'{dom}:root', f'{src}:root'):
+            mgr.remove_volume(address)
+        shutil.rmtree(state)
+
+
+def clone(repeat=20):
+    """An instant clone of a 256 MiB volume holding 64 MiB of data into a
+    persistent volume through volsep (staged clone of the current
+    generation, its snapshot, the swap, the replaced image removed)
+    against the bare librbd clone+open+remove of the same snapshot."""
+    mgr, state = _manager()
+    src, dst = f's{uuid.uuid4().hex[:6]}', f'd{uuid.uuid4().hex[:6]}'
+    try:
+        mgr.create_volume(f'{src}:root', 'ceph', 256 * MiB)
+        mgr.create_volume(f'{dst}:root', 'ceph', 256 * MiB)
+        mgr.import_begin(f'{src}:root', 256 * MiB)
+        for offset in range(0, 64 * MiB, CHUNK):
+            mgr.import_write(f'{src}:root', offset, os.urandom(CHUNK))
+        mgr.import_end(f'{src}:root')
+
+        def through_volsep():
+            mgr.clone(f'{src}:root', f'{dst}:root')
+        bare, close = _bare_clone_cycle(f'{src}+root+d', 'c2')
+        try:
+            volsep_s, bare_s = timing.interleaved_medians(
+                [through_volsep, bare], repeat, block=5)
+        finally:
+            close()
+        timing.report('bare librbd clone+open+remove', bare_s, bare_s, 'ms')
+        timing.report('volsep volume clone (instant)', volsep_s, bare_s,
+                      'ms')
+    finally:
+        for address in (f'{dst}:root', f'{src}:root'):
             mgr.remove_volume(address)
         shutil.rmtree(state)
 

@@ -17,13 +17,19 @@ host, when it next commits or stops, finds it no longer owns the volume,
 writes nothing and reports the loss (OwnershipLost).
 """
 
+import contextlib
 import dataclasses
 import logging
+import os
 
 from volsep.drivers import base
 from volsep.drivers import errors
+from volsep.drivers import layout
 from volsep.drivers import validation
 from volsep.privileged import errors as root_errors
+from volsep.privileged import files
+from volsep.privileged import image_formats
+from volsep.privileged import qemu
 from volsep.privileged import rbd
 
 LOG = logging.getLogger('volsep.drivers.rbd')
@@ -66,6 +72,15 @@ def _uuid(value):
     except ValueError:
         raise errors.InvalidArgument(f'secret_uuid {value!r} is not a UUID') \
             from None
+
+
+def _staging_dir(value):
+    if value and (not value.startswith('/') or value.rstrip('/') != value
+                  or os.path.normpath(value) != value):
+        raise errors.InvalidArgument(
+            f'staging_dir {value!r} must be absolute and normal, without a '
+            f'trailing /')
+    return value
 
 
 class RbdVolume(base.Volume):
@@ -173,22 +188,32 @@ class RbdVolume(base.Volume):
 
     def _prune(self, data=None):
         """Drop the oldest revisions beyond revisions_to_keep (the current
-        generation is never one of them)."""
+        generation is never one of them); whether any went."""
         data = data or self._data(self.listing())
         keep = max(self.config.revisions_to_keep, 0)
         revisions = [s[0] for s in data['snaps'][:-1]]
-        for generation in revisions[:max(len(revisions) - keep, 0)]:
+        dropped = revisions[:max(len(revisions) - keep, 0)]
+        for generation in dropped:
             rbd.drop_generation(*self._args, generation)
+        return bool(dropped)
 
     def tidy(self, keep_import=False):
-        """Finish what a crash interrupted: an import cut short is rolled
-        back to the current generation, extra revisions go, a volatile or
-        snapshot data image nobody owns is deleted, and the anchor's
-        record follows this configuration."""
+        """Finish what a crash interrupted: an instant clone is finished
+        once its old image was renamed away, else dropped; an import cut
+        short is rolled back to the current generation, extra revisions
+        go, a volatile or snapshot data image nobody owns is deleted, and
+        the anchor's record follows this configuration."""
         listing = self.listing()
-        if listing is None:
-            return listing
+        if listing is None or self._owned_elsewhere(listing):
+            return listing   # another host's to finish
+        if listing['old']:      # an instant clone swapped in part-way
+            rbd.swap_staged(*self._args)
+        elif listing['staged']:   # one that never was
+            rbd.discard_staged(*self._args)
+        if listing['old'] or listing['staged']:
+            listing = self.listing()
         data = self._data(listing)
+        changed = False
         if listing['meta'].get('import') == 'yes' and not keep_import:
             if self._current(data) is not None:
                 rbd.rollback(*self._args, self._current(data))
@@ -197,28 +222,38 @@ class RbdVolume(base.Volume):
             meta['import'] = listing['meta'].get('import', 'no')
         if {k: listing['meta'].get(k, '') for k in meta} != meta:
             rbd.set_meta(*self._args, meta)
+            changed = True
         if self.config.kind == 'persistent' and data:
-            self._prune(data)
-        elif data and listing['owner'] is None:
+            changed |= self._prune(data)
+        elif (data or listing['partial']) and listing['owner'] is None:
             rbd.remove_data(*self._args)
-        return self.listing()
+            changed = True
+        # A listing is a scan of the pool: taken again only if needed.
+        return self.listing() if changed else listing
 
     def lacks_working_copy(self, listing):
-        """A volume this host recorded as running that another host now
-        owns (or nobody does): it was fenced while this service was away."""
-        if listing is None or listing['owner'] is None or \
-                self._owned_elsewhere(listing):
+        """Whether a volume this host recorded as running is stopped in
+        fact: another host owns it (it was fenced while this service was
+        away), nobody does (a fence, or a stop cut short after it released
+        the volume), or its working copy is gone (a stop cut short)."""
+        if listing is None or self._owned_elsewhere(listing):
             LOG.warning('%s: this host (%s) lost its ownership (now: %s); '
                         'it is stopped here and nothing was committed',
                         self.config.address, self.pool.host_id,
                         listing and listing['owner'])
             return True
-        return False
+        if listing['owner'] is None:
+            LOG.warning('%s: nobody owns it (fenced, or released by a stop '
+                        'that was cut short); it is stopped here',
+                        self.config.address)
+            return True
+        return self.config.kind != 'persistent' and listing['data'] is None
 
     def needs_attention(self, listing, running):
-        if listing is None:
+        if listing is None or self._owned_elsewhere(listing):
             return False
-        return listing['meta'].get('import') == 'yes' or (
+        return listing['meta'].get('import') == 'yes' or \
+            listing['partial'] or listing['staged'] or listing['old'] or (
             not running and listing['owner'] is not None and
             not self._owned_elsewhere(listing))
 
@@ -232,8 +267,27 @@ class RbdVolume(base.Volume):
     def _check_idle(self, listing, what):
         if listing['owner'] is not None:
             raise errors.VolumeBusy(
-                f'cannot {what} {self.config.address}: running on host '
-                f'{listing["owner"][0]}')
+                f'cannot {what} {self.config.address}: running on (or '
+                f'being changed by) host {listing["owner"][0]}')
+
+    def _take(self, what):
+        try:
+            rbd.acquire(*self._args, self.pool.host_id)
+        except rbd.Owned as err:
+            raise errors.VolumeBusy(f'cannot {what} {self.config.address}: '
+                                    f'{err.message}') from None
+
+    @contextlib.contextmanager
+    def _held(self, what):
+        """This host owns the volume while it changes it stopped, as while
+        it runs: no other host starts, changes or tidies it meanwhile
+        (VolumeBusy), and if this service dies, its restart finishes the
+        work (reconcile: tidy, then stop, which commits and releases)."""
+        self._take(what)
+        try:
+            yield
+        finally:
+            rbd.release(*self._args, self.pool.host_id)
 
     def revert(self, revision=None):
         listing = self.tidy()
@@ -249,7 +303,8 @@ class RbdVolume(base.Volume):
                 f'volume {self.config.address} has no revision {revision}')
         # The reverted-to content becomes a new generation: the current one
         # stays as a revision, so the revert can itself be undone.
-        self._rewrite_head(listing, lambda: rbd.rollback(*self._args, target))
+        self._rewrite_head(listing, lambda: rbd.rollback(*self._args, target),
+                           'revert')
 
     # -- resize, clear, clone ----------------------------------------------
 
@@ -264,17 +319,19 @@ class RbdVolume(base.Volume):
             rbd.resize_data(*self._args, size, allow_shrink)
         else:
             self._rewrite_head(listing, lambda: rbd.resize_data(
-                *self._args, size, allow_shrink))
+                *self._args, size, allow_shrink), 'resize')
 
-    def _rewrite_head(self, listing, change):
+    def _rewrite_head(self, listing, change, what):
         """Change a stopped volume's head and commit it as the next
-        generation. The head is marked as being rewritten first, so a
-        crash before the commit is rolled back (tidy) and the head never
-        differs from the committed generation while stopped."""
-        rbd.set_meta(*self._args, {'import': 'yes'})
-        change()
-        self._commit_head(listing)
-        rbd.set_meta(*self._args, {'import': 'no'})
+        generation, holding the volume (_held). The head is marked as
+        being rewritten first, so a crash before the commit is rolled back
+        (tidy) and the head never differs from the committed generation
+        while stopped."""
+        with self._held(what):
+            rbd.set_meta(*self._args, {'import': 'yes'})
+            change()
+            self._commit_head(listing)
+            rbd.set_meta(*self._args, {'import': 'no'})
 
     def _commit_head(self, listing):
         rbd.commit(*self._args, self._current(self._data(listing)) + 1)
@@ -288,38 +345,92 @@ class RbdVolume(base.Volume):
         def zero():
             rbd.resize_data(*self._args, 0, True)
             rbd.resize_data(*self._args, size)
-        self._rewrite_head(listing, zero)
+        self._rewrite_head(listing, zero, 'clear')
 
     def import_from(self, source):
-        listing = self.listing()
+        """An instant clone: the volume's data image becomes a
+        copy-on-write clone of the source's current generation (clone v2),
+        staged under another name and swapped in, so that a crash leaves
+        the old content or the new (tidy). The clone is a new image: the
+        volume's earlier revisions go with the one it replaces, and its
+        generation ids go on growing. Later changes to the source (new
+        generations, revert, import, pruning the cloned one) never reach
+        it; removing the source flattens it first (privileged/rbd.py)."""
+        listing = self.tidy()
         self._check_idle(listing, 'clone into')
         if source.pool.driver != self.pool.driver or \
                 source.pool.ceph_pool != self.pool.ceph_pool:
             raise errors.NotSupported('rbd clones stay within one Ceph pool')
         generation = source._current(source._data(source.listing()))
-        self._rewrite_head(listing, lambda: rbd.copy_generation(
-            self.pool.ceph_pool, source.config.domain, source.config.name,
-            generation, self.config.domain, self.config.name))
+        with self._held('clone into'):
+            rbd.stage_clone(self.pool.ceph_pool, source.config.domain,
+                            source.config.name, generation,
+                            self.config.domain, self.config.name,
+                            self._current(self._data(listing)) + 1)
+            rbd.swap_staged(*self._args)
 
-    # -- import and export (raw streams) ------------------------------------
+    # -- import and export ------------------------------------------------
+    # Raw streams go straight to and from the data image. Other formats go
+    # through files in the volume's directory under the pool's staging_dir
+    # (qemu-img, confined by Landlock with TCP scoped out, cannot reach
+    # Ceph): the upload, inspected by the root side and converted to raw
+    # there by qemu-img, is then copied into the image; an export is the
+    # generation written out raw, then converted.
+
+    def _staging(self, name=None):
+        directory = self.pool.staging_dir
+        if not directory:
+            raise errors.InvalidArgument(
+                f'pool {self.pool.name} has no staging_dir: imports and '
+                f'exports in formats other than raw need one')
+        base = f'{directory}/{self.config.domain}+{self.config.name}'
+        return base if name is None else f'{base}/{name}'
+
+    def _clear_staging(self, names):
+        """Remove the volume's staging directory and ``names``, what it
+        holds (None: there is no such directory)."""
+        if names is None:
+            return
+        for name in names:
+            files.unlink(self._staging(name))
+        files.rmdir(self._staging())
 
     def import_begin(self, size, fmt='raw'):
         listing = self.listing()
         self._check_idle(listing, 'import into')
-        if listing['meta'].get('import') == 'yes':
+        if listing['meta'].get('import') == 'yes' or any(
+                layout.is_upload(n) for n in listing['staging'] or ()):
             raise errors.VolumeBusy(f'volume {self.config.address} already '
                                     f'has an import pending')
-        # Marked first: a crash from here on is rolled back by tidy.
-        rbd.set_meta(*self._args, {'import': 'yes'})
-        rbd.resize_data(*self._args, 0, True)
-        rbd.resize_data(*self._args, size)
+        if fmt != 'raw':
+            path = self._staging(layout.upload(fmt))
+            if listing['staging'] is None:
+                files.mkdir(self._staging(), 0o700)
+            files.create(path, size)
+            return path
+        # Held until import_end (see _held), and marked: a crash from
+        # here on is rolled back by tidy.
+        self._take('import into')
+        try:
+            rbd.set_meta(*self._args, {'import': 'yes'})
+            rbd.resize_data(*self._args, 0, True)
+            rbd.resize_data(*self._args, size)
+        except BaseException:
+            rbd.release(*self._args, self.pool.host_id)   # tidy rolls back
+            raise
         return f'rbd:{self._image()}'
 
     def import_write(self, offset, data, fmt='raw'):
+        if fmt != 'raw':
+            return files.write_at(self._staging(layout.upload(fmt)), offset,
+                                  data)
         return rbd.write_at(*self._args, offset, data)
 
     def import_end(self, success, fmt='raw'):
         listing = self.listing()
+        if fmt != 'raw':
+            self._import_converted(listing, success, fmt)
+            return
         if listing['meta'].get('import') != 'yes':
             raise errors.InvalidArgument(
                 f'volume {self.config.address} has no import pending')
@@ -329,28 +440,69 @@ class RbdVolume(base.Volume):
         else:
             rbd.rollback(*self._args, self._current(self._data(listing)))
         rbd.set_meta(*self._args, {'import': 'no'})
+        rbd.release(*self._args, self.pool.host_id)
+
+    def _import_converted(self, listing, success, fmt):
+        upload = layout.upload(fmt)
+        if upload not in (listing['staging'] or ()):
+            raise errors.InvalidArgument(
+                f'volume {self.config.address} has no {fmt} import pending')
+        if success:
+            # convert re-checks the upload before qemu-img reads it; Ceph
+            # is touched only once the raw result is complete. If this
+            # fails, the caller ends the import unsuccessfully, which
+            # clears the staging directory.
+            raw = self._staging(layout.IMPORT)
+            qemu.convert(self._staging(upload), fmt, raw, 'raw')
+            self._rewrite_head(listing, lambda: rbd.import_file(
+                *self._args, raw), 'import into')
+        self._clear_staging(self.listing()['staging'])
 
     def export_begin(self, fmt='raw'):
-        data = self._data(self.listing())
+        listing = self.listing()
+        data = self._data(listing)
         generation = self._current(data)
-        return {'path': f'rbd:{self._image()}@c{generation}',
-                'size': next(s[1] for s in data['snaps']
-                             if s[0] == generation)}
+        if fmt == 'raw':
+            return {'path': f'rbd:{self._image()}@c{generation}',
+                    'size': next(s[1] for s in data['snaps']
+                                 if s[0] == generation)}
+        if listing['staging'] is None:
+            files.mkdir(self._staging(), 0o700)
+        snapshot = self._staging(layout.export())
+        target = self._staging(layout.export(fmt))
+        rbd.export_file(*self._args, generation, snapshot)
+        try:
+            qemu.convert(snapshot, 'raw', target, fmt)
+        finally:
+            files.unlink(snapshot)
+        return {'path': target, 'size': files.stat_path(target)['size']}
 
     def _export_generation(self, path):
+        """The generation a raw export reads, or None for a converted
+        export's file; InvalidArgument for anything else."""
         prefix = f'rbd:{self._image()}@c'
         tail = path[len(prefix):] if path.startswith(prefix) else ''
-        if not tail.isdigit() or len(tail) > 18:
-            raise errors.InvalidArgument(f'{path} is not an export of '
-                                         f'{self.config.address}')
-        return int(tail)
+        if tail.isdigit() and len(tail) <= 18:
+            return int(tail)
+        name = path.rpartition('/')[2]
+        if self.pool.staging_dir and path == self._staging(name) and \
+                layout.is_export(name):
+            return None
+        raise errors.InvalidArgument(f'{path} is not an export of '
+                                     f'{self.config.address}')
 
     def export_read(self, path, offset, length):
-        return rbd.read_at(*self._args, self._export_generation(path),
-                           offset, length)
+        generation = self._export_generation(path)
+        if generation is None:
+            return files.read_at(path, offset, length)
+        return rbd.read_at(*self._args, generation, offset, length)
 
     def export_end(self, path):
-        self._export_generation(path)
+        if self._export_generation(path) is None:
+            files.unlink(path)
+            listing = self.listing()
+            if listing['staging'] == []:
+                files.rmdir(self._staging())
 
     # -- state ---------------------------------------------------------------
 
@@ -407,6 +559,8 @@ class _Removal:
             rbd.remove(*self.volume._args)
         except root_errors.NotFound:
             pass
+        key = f'{self.volume.config.domain}+{self.volume.config.name}'
+        self.volume._clear_staging(self.volume.pool.staging().get(key))
 
     def undo(self):
         pass
@@ -415,8 +569,10 @@ class _Removal:
 class RbdPool(base.Pool):
     driver = 'rbd'
     volume_class = RbdVolume
-    capabilities = dataclasses.replace(base.Capabilities(), revert=True,
-                                       resize_running=True)
+    capabilities = dataclasses.replace(
+        base.Capabilities(), revert=True, resize_running=True,
+        clone_instant=True, import_formats=image_formats.FORMATS,
+        export_formats=qemu.OUTPUT_FORMATS)
     options = dict(
         base.Pool.options,
         ceph_pool=base.Option('Ceph pool (one the root configuration '
@@ -437,6 +593,11 @@ class RbdPool(base.Pool):
         secret_uuid=base.Option('UUID of the libvirt secret that holds the '
                                 'key of the client (never the key itself)',
                                 default='', parse=_uuid),
+        staging_dir=base.Option('absolute directory beneath an allowed '
+                                'root for imports and exports in formats '
+                                'other than raw (qemu-img converts them '
+                                'there: it cannot reach Ceph); none: raw '
+                                'only', default='', parse=_staging_dir),
     )
 
     @property
@@ -451,14 +612,53 @@ class RbdPool(base.Pool):
     def monitors(self):
         return _monitors(self.options['monitors'])
 
+    @property
+    def staging_dir(self):
+        return self.options['staging_dir']
+
     def setup(self):
         rbd.scan(self.ceph_pool)  # the pool is allowed and reachable
+        if self.staging_dir:   # beneath an allowed root, root's own
+            try:
+                files.mkdir(self.staging_dir, 0o700)
+            except root_errors.AlreadyExists:
+                files.list_dir(self.staging_dir)   # a directory we may use
+
+    def staging(self):
+        """{'DOMAIN+VOLUME': [names]} of the volumes' staging
+        directories."""
+        if not self.staging_dir:
+            return {}
+        try:
+            tree = files.list_tree(self.staging_dir, 1)
+        except root_errors.NotFound:
+            return {}
+        return {key: [e['name'] for e in entries]
+                for key, entries in tree.items()}
+
+    def finish_removals(self, recorded):
+        """At start-up nothing is imported or exported yet: whatever the
+        staging directories hold was left by an import or export cut
+        short (or a removal), and goes. Returns [(action, path)]."""
+        done = []
+        for key, names in sorted(self.staging().items()):
+            for name in names:
+                files.unlink(f'{self.staging_dir}/{key}/{name}')
+            files.rmdir(f'{self.staging_dir}/{key}')
+            done.append(('removed', f'{self.staging_dir}/{key}'))
+        return done
 
     def destroy(self):
         pass  # the Ceph pool and its volumes belong to every host
 
     def listings(self):
-        return rbd.scan(self.ceph_pool)
+        """rbd.scan's entries, each with 'staging': the names in the
+        volume's staging directory (None without one)."""
+        found = rbd.scan(self.ceph_pool)
+        staging = self.staging()
+        for vid, entry in found.items():
+            entry['staging'] = staging.get(vid.replace('/', '+'))
+        return found
 
     def usage(self):
         return rbd.usage(self.ceph_pool)

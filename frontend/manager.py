@@ -204,7 +204,8 @@ class Manager:
                 for action, path in pool.finish_removals(
                         self._recorded_vids(name)):
                     LOG.warning('pool %s: %s %s, left by an interrupted '
-                                'volume removal', name, action, path)
+                                'volume removal (or, in an rbd pool, '
+                                'import or export)', name, action, path)
         scans = {name: pool.listings() for name, pool in self.pools.items()}
         for name, domain in list(self.domains.items()):
             if domain.running and self._stop_was_cut_short(domain, scans):

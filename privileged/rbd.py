@@ -9,6 +9,8 @@ names must match the name pattern, and the image names are built here:
                        its image metadata and its owner's lock
     DOMAIN+VOLUME+d    the data: what a hypervisor attaches; committed
                        generations are its snapshots c1, c2, ...
+    DOMAIN+VOLUME+n    an instant clone, staged until it replaces +d
+    DOMAIN+VOLUME+o    the data image it replaced, until removed
 
 '+' is in no name, so the mapping is injective and no other image of the
 pool is ever reachable. The cluster connection and the client's keyring
@@ -17,14 +19,21 @@ either.
 """
 
 import errno
+import os
 import re
 import threading
+import time
 
 from volsep.privileged import audit
 from volsep.privileged import config
 from volsep.privileged import contexts
+from volsep.privileged import copying
 from volsep.privileged import errors
+from volsep.privileged import holes
+from volsep.privileged import inuse
+from volsep.privileged import paths
 from volsep.privileged import validate
+from volsep.privileged import zeros
 
 NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z')
 # The keys a volume's anchor records (read one by one: this librbd's
@@ -39,6 +48,11 @@ LOCK_TAG_PREFIX = 'volsep '
 OP_TIMEOUT = '30'
 # How long a fenced client stays blocklisted (Ceph's own default).
 BLOCKLIST_SECONDS = 3600
+# A blocklisted client's watch on an image (which makes its removal
+# busy) lasts until the OSD sees the new map: about 0.3 s here.
+WATCH_GONE_SECONDS = 10
+# The clients this daemon blocklisted: their watches are about to go.
+_blocklisted = set()
 
 
 class OwnershipLost(errors.PrivilegedError):
@@ -73,6 +87,17 @@ def _generation(value):
     return f'c{value}'
 
 
+def _data_features(session):
+    """Layering (clones) and deep-flatten (a clone's snapshots can be
+    detached from its parent), but not exclusive-lock (nor object-map and
+    fast-diff, which need it): the ownership is the anchor's advisory
+    lock, and librbd's automatic lock, still held by a killed daemon's
+    client, would refuse a restarted service every change of the image
+    until the dead client's watch times out (30 s)."""
+    return session.rbd.RBD_FEATURE_LAYERING | \
+        session.rbd.RBD_FEATURE_DEEP_FLATTEN
+
+
 def anchor_name(domain, volume):
     return f'{_name(domain, "domain")}+{_name(volume, "volume")}'
 
@@ -81,9 +106,16 @@ def data_name(domain, volume):
     return anchor_name(domain, volume) + '+d'
 
 
+def staged_name(domain, volume):
+    return anchor_name(domain, volume) + '+n'
+
+
 _ANCHOR = re.compile(r'([A-Za-z0-9][A-Za-z0-9_.-]{0,63})\+'
                      r'([A-Za-z0-9][A-Za-z0-9_.-]{0,63})\Z')
 _SNAP = re.compile(r'c([1-9][0-9]{0,17})\Z')
+# A volume's image that may be a clone: its anchor's name, then the kind.
+_CHILD = re.compile(r'([A-Za-z0-9][A-Za-z0-9_.-]{0,63}\+'
+                    r'[A-Za-z0-9][A-Za-z0-9_.-]{0,63})\+[dno]\Z')
 
 
 class _Cluster:
@@ -191,10 +223,13 @@ def _snapshots(image):
 
 
 def _describe_data(session, name):
+    """{size, snaps, parent} of a data image; {'partial': True} for one
+    that is listed but cannot be opened (a removal cut short: librbd
+    drops the header before the directory entry)."""
     try:
         image = session.image(name, read_only=True)
     except session.rbd.ImageNotFound:
-        return None
+        return {'partial': True}
     with image:
         parent = None
         try:
@@ -220,7 +255,10 @@ def _read_meta(session, anchor):
 @audit.audited
 def scan(pool):
     """Every volsep volume of ``pool``: {'DOMAIN/VOLUME': {meta, owner,
-    data}}; ``data`` is None without a data image."""
+    data, partial, staged, old}}; ``data`` is None without a data image
+    (or with one whose removal was cut short: then ``partial`` is true);
+    ``staged`` and ``old`` say whether an instant clone's images (+n, +o)
+    are there."""
     with _Session(pool) as s:
         names = set(s.rbd.RBD().list(s.ioctx))
         result = {}
@@ -228,15 +266,21 @@ def scan(pool):
             match = _ANCHOR.match(name)
             if not match:
                 continue
-            with s.image(name, read_only=True) as anchor:
-                meta = _read_meta(s, anchor)
-                owner = _owner(anchor.list_lockers())
+            try:
+                with s.image(name, read_only=True) as anchor:
+                    meta = _read_meta(s, anchor)
+                    owner = _owner(anchor.list_lockers())
+            except s.rbd.ImageNotFound:
+                continue  # removed since the listing
             if not meta:
                 continue  # not one of volsep's
+            data = _describe_data(s, name + '+d') \
+                if name + '+d' in names else None
+            partial = bool(data and data.get('partial'))
             result[f'{match.group(1)}/{match.group(2)}'] = {
-                'meta': meta, 'owner': owner,
-                'data': _describe_data(s, name + '+d')
-                if name + '+d' in names else None}
+                'meta': meta, 'owner': owner, 'partial': partial,
+                'data': None if partial else data,
+                'staged': name + '+n' in names, 'old': name + '+o' in names}
         return result
 
 
@@ -292,22 +336,91 @@ def remove(pool, domain, volume):
             owner = _owner(anchor.list_lockers())
         if owner:
             raise Owned(f'{domain}:{volume} is owned by host {owner[0]}')
-        _remove_data(s, name + '+d')
-        s.rbd.RBD().remove(s.ioctx, name)
+        for suffix in ('+n', '+o', '+d'):   # any instant clone's images
+            _remove_data(s, name + suffix)
+        _remove_image(s, name)
 
 
 def _remove_data(session, name):
     try:
         image = session.image(name)
     except session.rbd.ImageNotFound:
+        try:   # finish a removal cut short, if that is what this is
+            _remove_image(session, name)
+        except session.rbd.ImageNotFound:
+            pass
         return
     with image:
-        if list(image.list_children2()):
-            raise errors.InUse(f'{name} has clones (snapshot volumes)')
+        _detach_children(session, image, name)
         for snap in image.list_snaps():
             if snap.get('namespace', 0) == 0:
                 image.remove_snap(snap['name'])
-    session.rbd.RBD().remove(session.ioctx, name)
+    _remove_image(session, name)
+
+
+def _clones(session, image, name):
+    """The clones of any snapshot of ``image`` (named ``name``), all of
+    which can be flattened: each must be a persistent volume's own image
+    in the same pool. Any other (a snapshot volume's working copy, or an
+    image that is not volsep's) is a user of the image: InUse."""
+    found, busy = [], []
+    for child in image.list_children2():
+        match = _CHILD.match(child['image'])
+        kind = None
+        if match and child['pool'] == session.pool and \
+                not child['pool_namespace'] and not child['trash']:
+            try:
+                with session.image(match.group(1), read_only=True) as a:
+                    kind = _read_meta(session, a).get('kind')
+            except session.rbd.ImageNotFound:
+                pass
+        (found if kind == 'persistent' else busy).append(child['image'])
+    if busy:
+        raise errors.InUse(f'{name} has clones that are in use (running '
+                           f'snapshot volumes): {", ".join(sorted(busy))}')
+    return found
+
+
+def _check_detachable(session, name):
+    try:
+        image = session.image(name, read_only=True)
+    except session.rbd.ImageNotFound:
+        return
+    with image:
+        _clones(session, image, name)
+
+
+def _detach_children(session, image, name):
+    """Flatten the persistent volumes cloned from ``image`` (each becomes
+    a full copy, its snapshots too: deep-flatten), so that it can go;
+    refuse, changing nothing, if any other clone uses it."""
+    for child in _clones(session, image, name):
+        with session.image(child) as clone:
+            clone.flatten()
+
+
+def _blocklist(cluster, address):
+    cluster.blocklist_add(address, BLOCKLIST_SECONDS)
+    _blocklisted.add(address)
+
+
+def _remove_image(session, name):
+    """Remove an image, waiting a little while the only clients that
+    still watch it are ones this daemon blocklisted (a killed earlier run
+    of this service, or a fenced host): any other watcher is a user of the
+    image, and its removal is refused at once (InUse)."""
+    deadline = time.monotonic() + WATCH_GONE_SECONDS
+    while True:
+        try:
+            session.rbd.RBD().remove(session.ioctx, name)
+            return
+        except session.rbd.ImageBusy:
+            with session.image(name, read_only=True) as image:
+                watchers = {w['addr'] for w in image.watchers_list()}
+            if not watchers <= _blocklisted or \
+                    time.monotonic() > deadline:
+                raise
+        time.sleep(0.1)
 
 
 # -- ownership ---------------------------------------------------------------
@@ -316,7 +429,8 @@ def _remove_data(session, name):
 @audit.audited
 def acquire(pool, domain, volume, host):
     """Take the volume for ``host`` (an exclusive advisory lock on its
-    anchor, cookie naming the host). Already ours: nothing to do."""
+    anchor, cookie naming the host). Already this host's: kept (see
+    _check_ours)."""
     name = anchor_name(domain, volume)
     cookie = LOCK_TAG_PREFIX + _name(host, 'host')
     with _Session(pool) as s, s.image(name) as anchor:
@@ -324,16 +438,34 @@ def acquire(pool, domain, volume, host):
             anchor.lock_exclusive(cookie)
         except (s.rbd.ImageBusy, s.rbd.ImageExists):
             owner = _owner(anchor.list_lockers())
-            if owner and owner[0] == host and owner[1] == s.me():
-                return owner
-            raise Owned(f'{domain}:{volume} is running on host '
-                        f'{owner[0] if owner else "?"} ({owner[1] if owner else "?"}'
-                        f' at {owner[2] if owner else "?"})') from None
+            if owner and owner[0] == host:
+                return _check_ours(s, anchor, domain, volume, host)
+            holder, client, address = owner or ('?', '?', '?')
+            raise Owned(f'{domain}:{volume} is running on host {holder} '
+                        f'({client} at {address})') from None
         return _owner(anchor.list_lockers())
 
 
 def _check_ours(session, anchor, domain, volume, host):
+    """This daemon's lock on the (writable) anchor, or OwnershipLost.
+
+    A lock with this host's cookie but another Ceph client is an earlier
+    run of this host's service, killed before it released the volume (host
+    ids are unique per host and a service has one client, this daemon's):
+    it is adopted. That client is blocklisted first, so that if it still
+    lives it can never write again, then its lock is replaced by this
+    daemon's, and the volume stays this host's across the restart."""
     owner = _owner(anchor.list_lockers())
+    if owner and owner[0] == host and owner[1] != session.me():
+        _blocklist(session.cluster, owner[2])
+        cookie = LOCK_TAG_PREFIX + host
+        try:
+            anchor.break_lock(owner[1], cookie)
+            anchor.lock_exclusive(cookie)
+        except (session.rbd.ImageNotFound, session.rbd.ImageBusy,
+                session.rbd.ImageExists):
+            pass   # a fence or another host came first: said below
+        owner = _owner(anchor.list_lockers())
     if owner is None or owner[0] != host or owner[1] != session.me():
         holder = f'host {owner[0]}' if owner else 'nobody'
         raise OwnershipLost(
@@ -348,7 +480,7 @@ def check_owner(pool, domain, volume, host):
     """Refuse (OwnershipLost) unless this daemon still owns the volume."""
     name = anchor_name(domain, volume)
     _name(host, 'host')
-    with _Session(pool) as s, s.image(name, read_only=True) as anchor:
+    with _Session(pool) as s, s.image(name) as anchor:
         return _check_ours(s, anchor, domain, volume, host)
 
 
@@ -374,7 +506,7 @@ def fence(pool, domain, volume):
         owner = _owner(anchor.list_lockers())
         if owner is None:
             return None
-        s.cluster.blocklist_add(owner[2], BLOCKLIST_SECONDS)
+        _blocklist(s.cluster, owner[2])
         cookie = anchor.list_lockers()['lockers'][0][1]
         anchor.break_lock(owner[1], cookie)
         return owner
@@ -388,7 +520,8 @@ def create_data(pool, domain, volume, size):
     name = data_name(domain, volume)
     validate.size(size)
     with _Session(pool) as s:
-        s.rbd.RBD().create(s.ioctx, name, size, old_format=False)
+        s.rbd.RBD().create(s.ioctx, name, size, old_format=False,
+                           features=_data_features(s))
 
 
 @contexts.file_ops.entrypoint
@@ -419,8 +552,7 @@ def commit(pool, domain, volume, generation, host=None):
     name = data_name(domain, volume)
     with _Session(pool) as s:
         if host is not None:
-            with s.image(anchor_name(domain, volume),
-                         read_only=True) as anchor:
+            with s.image(anchor_name(domain, volume)) as anchor:
                 _check_ours(s, anchor, domain, volume, _name(host, 'host'))
         with s.image(name) as image:
             image.create_snap(snap)
@@ -457,35 +589,61 @@ def clone_generation(pool, src_domain, src_volume, generation, domain,
     with _Session(pool) as s:
         # Clone v2 (rbd_default_clone_format = 2 in the cluster's conf):
         # the parent snapshot needs no protection and can be pruned.
-        s.rbd.RBD().clone(s.ioctx, parent, snap, s.ioctx, child)
+        s.rbd.RBD().clone(s.ioctx, parent, snap, s.ioctx, child,
+                          features=_data_features(s))
 
 
 @contexts.file_ops.entrypoint
 @audit.audited
-def copy_generation(pool, src_domain, src_volume, generation, domain,
-                    volume):
-    """Write another volume's committed generation over this volume's data
-    head, allocated extents only (a clone between volumes)."""
+def stage_clone(pool, src_domain, src_volume, generation, domain, volume,
+                new_generation):
+    """An instant clone, staged: a copy-on-write clone of another
+    volume's committed generation as this volume's staged image, its
+    content committed as ``new_generation``. Nothing the volume shows
+    changes until swap_staged; a staged image left by a crash is dropped
+    by discard_staged. Refused while a snapshot volume is running from
+    this volume (its working copy would pin the image the swap replaces)."""
     snap = _generation(generation)
-    with _Session(pool) as s, \
-            s.image(data_name(src_domain, src_volume), snapshot=snap,
-                    read_only=True) as src, \
-            s.image(data_name(domain, volume)) as dst:
-        size = src.size()
-        dst.resize(size, allow_shrink=True)
-        dst.discard(0, size)
+    parent = data_name(src_domain, src_volume)
+    new_snap = _generation(new_generation)
+    staged = staged_name(domain, volume)
+    with _Session(pool) as s:
+        _check_detachable(s, data_name(domain, volume))
+        # Clone v2 (rbd_default_clone_format = 2 in the cluster's conf):
+        # the parent snapshot needs no protection and can be pruned.
+        s.rbd.RBD().clone(s.ioctx, parent, snap, s.ioctx, staged,
+                          features=_data_features(s))
+        with s.image(staged) as image:
+            image.create_snap(new_snap)
 
-        def copy(offset, length, exists):
-            if exists:
-                done = 0
-                while done < length:
-                    step = min(validate.MAX_CHUNK, length - done)
-                    dst.write(src.read(offset + done, step), offset + done)
-                    done += step
-            return 0
-        src.diff_iterate(0, size, None, copy, include_parent=True,
-                         whole_object=False)
-        dst.flush()
+
+@contexts.file_ops.entrypoint
+@audit.audited
+def swap_staged(pool, domain, volume):
+    """Make the staged image the volume's data image: the data image is
+    renamed away (+o), the staged one takes its name, and the old one is
+    removed (its clones that are persistent volumes flattened first).
+    Finishes a swap cut short at any of these steps."""
+    data = data_name(domain, volume)
+    staged = staged_name(domain, volume)
+    old = anchor_name(domain, volume) + '+o'
+    with _Session(pool) as s:
+        names = set(s.rbd.RBD().list(s.ioctx))
+        if staged in names and data in names:
+            s.rbd.RBD().rename(s.ioctx, data, old)
+            names = (names - {data}) | {old}
+        if staged in names:
+            s.rbd.RBD().rename(s.ioctx, staged, data)
+        if old in names:
+            _remove_data(s, old)
+
+
+@contexts.file_ops.entrypoint
+@audit.audited
+def discard_staged(pool, domain, volume):
+    """Drop a staged clone that was never swapped in."""
+    with _Session(pool) as s:
+        _remove_data(s, staged_name(domain, volume))
 
 
 @contexts.file_ops.entrypoint
@@ -516,6 +674,60 @@ def read_at(pool, domain, volume, generation, offset, length):
             s.image(data_name(domain, volume), snapshot=snap,
                     read_only=True) as image:
         return image.read(offset, max(min(length, image.size() - offset), 0))
+
+
+@contexts.file_ops.entrypoint
+@audit.audited
+def import_file(pool, domain, volume, path):
+    """Make the data image's head exactly the raw file ``path`` (beneath
+    an allowed root, held in use meanwhile): its size, its data extents
+    written, the rest discarded, then flushed. The file is only read, as
+    bytes: qemu-img, which wrote it from an untrusted image, cannot reach
+    Ceph under its confinement, so its output is copied in here."""
+    with paths.regular_file(path, os.O_RDONLY) as (fd, st), \
+            _Session(pool) as s, s.image(data_name(domain, volume)) as image:
+        inuse.hold(fd, path)
+        size = st.st_size
+        validate.size(size)
+        image.resize(size, allow_shrink=True)
+        image.discard(0, size)
+        for start, end in copying.data_segments(fd, size):
+            for offset in range(start, end, validate.MAX_CHUNK):
+                data = os.pread(fd, min(validate.MAX_CHUNK, end - offset),
+                                offset)
+                for begin, finish, zero in zeros.runs(data):
+                    if not zero:
+                        image.write(data[begin:finish], offset + begin)
+        image.flush()
+
+
+@contexts.file_ops.entrypoint
+@audit.audited
+def export_file(pool, domain, volume, generation, path):
+    """Write a committed generation as a new raw file ``path`` (beneath an
+    allowed root; published only once complete and flushed), its
+    unallocated extents left as holes: what qemu-img converts an export
+    from, since it cannot reach Ceph under its confinement."""
+    snap = _generation(generation)
+    with paths.parent_of(path) as (parent, name), \
+            paths.anonymous_file(parent, 0o600) as fd, \
+            _Session(pool) as s, \
+            s.image(data_name(domain, volume), snapshot=snap,
+                    read_only=True) as image:
+        size = image.size()
+        os.ftruncate(fd, size)
+
+        def copy(offset, length, exists):
+            if exists:
+                for at in range(offset, offset + length, validate.MAX_CHUNK):
+                    holes.write(fd, at, image.read(at, min(
+                        validate.MAX_CHUNK, offset + length - at)))
+            return 0
+        image.diff_iterate(0, size, None, copy, include_parent=True,
+                           whole_object=False)
+        os.fsync(fd)
+        paths.publish(fd, parent, name, path)
+        paths.fsync_directory(parent)
 
 
 @contexts.file_ops.entrypoint

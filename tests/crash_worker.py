@@ -167,20 +167,21 @@ def _wait_until_channel_down(ctx):
         time.sleep(0.01)
 
 
-def arm(kill_at, target, daemons):
-    """Count volsep's privileged calls; right after the kill_at-th one
-    returns, SIGKILL this frontend, the file daemon ('daemon') or the
-    long-jobs daemon ('jobs')."""
+def arm(kill_at, target, daemons, counts=lambda name: True):
+    """Count volsep's privileged calls (those ``counts`` names); right
+    after the kill_at-th one returns, SIGKILL this frontend, the file
+    daemon ('daemon') or the long-jobs daemon ('jobs')."""
     original = privsep_daemon._ClientChannel.remote_call
-    state = {'calls': 0}
+    state = {'calls': 0, 'names': []}
 
     def counted(self, name, args, kwargs, timeout):
-        if not name.startswith('volsep.'):
+        if not name.startswith('volsep.') or not counts(name):
             return original(self, name, args, kwargs, timeout)
         try:
             return original(self, name, args, kwargs, timeout)
         finally:
             state['calls'] += 1
+            state['names'].append(name)
             if state['calls'] == kill_at:
                 emit(killed_after=kill_at, target=target, call=name)
                 if target == 'frontend':

@@ -9,11 +9,13 @@ import json
 import os
 import signal
 import subprocess
+import time
 import uuid
 
 import pytest
 from lxml import etree
 
+from tests import image_corpus as corpus
 from tests import service_helpers as sh
 
 MiB = 1 << 20
@@ -55,11 +57,16 @@ class Host:
         self.service.start()
         return self
 
+    @property
+    def staging_dir(self):
+        return f'{self.state_dir}/pools/staging'
+
     def add_pool(self, pool='ceph'):
         return self.service.json(
             'pool', 'add', pool, 'rbd', '-o', f'ceph_pool={CEPH["pool"]}',
             '-o', f'host_id={self.name}', '-o',
-            f'monitors={CEPH["monitors"]}', '-o', f'secret_uuid={SECRET}')
+            f'monitors={CEPH["monitors"]}', '-o', f'secret_uuid={SECRET}',
+            '-o', f'staging_dir={self.staging_dir}')
 
     def j(self, *args):
         return self.service.json(*args)
@@ -327,126 +334,207 @@ def test_concurrent_starts_from_both_hosts_exactly_one_wins(hosts):
         winner.j('domain', 'stop', dom)
 
 
-# -- crash injection ---------------------------------------------------------
-
-class _Crash(BaseException):
-    """The frontend dies right after a privileged call returned."""
-
-
-MUTATING = ('create', 'set_meta', 'remove', 'acquire', 'release', 'fence',
-            'create_data', 'remove_data', 'resize_data', 'commit',
-            'drop_generation', 'rollback', 'clone_generation',
-            'copy_generation', 'write_at', 'flush')
+def _snapshot_names(image):
+    """Its snapshots (the trash namespace aside), oldest first."""
+    return [s['name'] for s in sorted(json.loads(_rbd(
+        'snap', 'ls', '--format', 'json', f'{CEPH["pool"]}/{image}')),
+        key=lambda s: s['id'])]
 
 
-class _Counter:
-    """Counts the mutating rbd calls; with ``crash_at``, the frontend
-    'dies' (raises _Crash, past every handler) right after that call."""
-
-    def __init__(self, monkeypatch, crash_at=None):
-        from volsep.privileged import rbd
-        self.calls = 0
-        for name in MUTATING:
-            original = getattr(rbd, name)
-            monkeypatch.setattr(rbd, name, self._wrap(original, crash_at))
-
-    def _wrap(self, original, crash_at):
-        def call(*args, **kwargs):
-            result = original(*args, **kwargs)
-            self.calls += 1
-            if self.calls == crash_at:
-                raise _Crash()
-            return result
-        return call
+def _parent(image):
+    info = json.loads(_rbd('info', '--format', 'json',
+                           f'{CEPH["pool"]}/{image}'))
+    parent = info.get('parent')
+    return parent and (parent['image'], parent['snapshot'])
 
 
-def _current_bytes(mgr, address):
-    from volsep.privileged import rbd
-    domain, name = address.split(':')
-    entry = rbd.scan(CEPH['pool'])[f'{domain}/{name}']
-    generation = entry['data']['snaps'][-1][0]
-    size = entry['data']['snaps'][-1][1]
-    out = b''
-    while len(out) < size:
-        out += rbd.read_at(CEPH['pool'], domain, name, generation, len(out),
-                           min(4 * MiB, size - len(out)))
-    return out
+def test_instant_clone_is_copy_on_write_and_stays_independent(hosts,
+                                                              tmp_path):
+    from volsep.drivers import rbd as rbd_driver
+    assert rbd_driver.RbdPool.describe()['capabilities']['clone_instant']
+    a = hosts('host-a')
+    src, dst = _domain(), _domain()
+    payload = os.urandom(MiB) + bytes(3 * MiB)
+    (tmp_path / 'a.raw').write_bytes(payload)
+    (tmp_path / 'b.raw').write_bytes(b'B' * 4 * MiB)
+    a.j('volume', 'create', f'{src}:root', '--pool', 'ceph', '--size', '4M')
+    a.j('volume', 'create', f'{dst}:root', '--pool', 'ceph', '--size', '1M')
+    a.j('volume', 'import', f'{src}:root', str(tmp_path / 'a.raw'))
+    current = a.j('volume', 'info', f'{src}:root')
+    a.j('volume', 'clone', f'{src}:root', f'{dst}:root')
+    # Copy-on-write: the clone's image is a child of the source's current
+    # generation, and holds no data of its own.
+    newest = _snapshot_names(f'{src}+root+d')[-1]
+    assert _parent(f'{dst}+root+d') == (f'{src}+root+d', newest)
+    du = json.loads(_rbd('du', '--format', 'json',
+                         f'{CEPH["pool"]}/{dst}+root+d'))
+    assert sum(i['used_size'] for i in du['images']) == 0
+    assert a.j('volume', 'info', f'{dst}:root')['size'] == current['size']
+
+    def content(vol):
+        out = tmp_path / f'{vol}.out'
+        rc, _, err = a.service.cli('volume', 'export', vol, str(out),
+                                   '--force')
+        assert rc == 0, err
+        return out.read_bytes()
+    assert content(f'{dst}:root') == payload
+    # Whatever happens to the source never reaches the clone: a new
+    # generation, a revert, the cloned generation pruned, the source gone.
+    a.j('volume', 'import', f'{src}:root', str(tmp_path / 'b.raw'))
+    assert content(f'{dst}:root') == payload
+    a.j('volume', 'revert', f'{src}:root')   # back to A's content
+    a.j('volume', 'clear', f'{src}:root')
+    assert newest not in _snapshot_names(f'{src}+root+d')   # pruned
+    assert content(f'{dst}:root') == payload
+    a.j('domain', 'start', dst)   # the clone takes writes and commits
+    a.j('domain', 'stop', dst)
+    a.j('volume', 'remove', f'{src}:root')   # flattens the clone first
+    assert _parent(f'{dst}+root+d') is None
+    assert content(f'{dst}:root') == payload
+    assert not [n for n in _rbd('ls', CEPH['pool']).split()
+                if n.startswith(f'{src}+')]
 
 
-def _prepare(state_dir, dom):
+def test_instant_clone_refused_while_a_snapshot_of_the_target_runs(hosts):
+    a = hosts('host-a')
+    src, dst, snap = _domain(), _domain(), _domain()
+    a.j('volume', 'create', f'{src}:root', '--pool', 'ceph', '--size', '1M')
+    a.j('volume', 'create', f'{dst}:root', '--pool', 'ceph', '--size', '1M')
+    a.j('volume', 'create', f'{snap}:root', '--pool', 'ceph', '--kind',
+        'snapshot', '--source', f'{dst}:root')
+    a.j('domain', 'start', snap)
+    before = _rbd('ls', '-l', CEPH['pool'])
+    refused = a.fails('volume', 'clone', f'{src}:root', f'{dst}:root')
+    assert refused['error'] == 'VolumeBusy', refused
+    assert 'snapshot volumes' in refused['message']
+    assert _rbd('ls', '-l', CEPH['pool']) == before
+    # Nor can the target go while its snapshot volume runs.
+    assert a.fails('volume', 'remove', f'{dst}:root')['error'] == \
+        'VolumeBusy'
+    a.j('domain', 'stop', snap)
+
+
+# -- images in other formats than raw ---------------------------------------
+
+def _craft(case, tmp_path):
+    directory = tmp_path / case.name
+    directory.mkdir()
+    return case.make(str(directory))
+
+
+def _staging_left(rig, host):
+    """What the staging directory still holds once the service is done
+    with it (an export ends after the CLI has read its last byte)."""
+    deadline = time.monotonic() + 10
+    while rig.tree(host.staging_dir) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return rig.tree(host.staging_dir)
+
+
+def _compare(fmt, a, b_fmt, b):
+    check = subprocess.run(['/usr/bin/qemu-img', 'compare', '-f', fmt, '-F',
+                            b_fmt, str(a), str(b)], capture_output=True,
+                           text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_images_of_every_format_round_trip_through_an_rbd_volume(hosts,
+                                                                  tmp_path,
+                                                                  rig):
+    """Imported through the staging directory (inspected, converted there
+    by confined qemu-img, copied into the image), exported raw from the
+    image and as qcow2 (written out raw there, converted): each export
+    reads as the source does, and nothing is left in the staging
+    directory."""
+    a = hosts('host-a')
+    dom = _domain()
+    a.j('volume', 'create', f'{dom}:root', '--pool', 'ceph', '--size', '1M')
+    for case in corpus.BENIGN:
+        source = _craft(case, tmp_path)
+        source_fmt = corpus.qemu_format(case.declared)
+        a.j('volume', 'import', f'{dom}:root', source, '--format',
+            case.declared, '--force')
+        for fmt in ('raw', 'qcow2'):
+            out = tmp_path / f'{case.name}.{fmt}'
+            a.j('volume', 'export', f'{dom}:root', str(out), '--format', fmt)
+            _compare(fmt, out, source_fmt, source)
+        assert not corpus.host_bytes_in(
+            (tmp_path / f'{case.name}.raw').read_bytes())
+        assert _staging_left(rig, a) == {}, case.name
+
+
+def test_hostile_images_are_refused_and_the_volume_stays(hosts, tmp_path,
+                                                         rig):
+    a = hosts('host-a')
+    dom = _domain()
+    a.j('volume', 'create', f'{dom}:root', '--pool', 'ceph', '--size', '4M')
+    payload = tmp_path / 'payload.raw'
+    payload.write_bytes(os.urandom(MiB) + bytes(3 * MiB))
+    a.j('volume', 'import', f'{dom}:root', str(payload))
+    image = f'{dom}+root+d'
+    info = a.j('volume', 'info', f'{dom}:root')
+    snaps = _snapshot_names(image)
+    for case in corpus.HOSTILE:
+        rc, out, err = a.service.cli('volume', 'import', f'{dom}:root',
+                                     _craft(case, tmp_path), '--format',
+                                     case.declared, '--force')
+        assert rc == 1 and err.startswith('volsep: UnsafeImage: '), \
+            (case.name, out, err)
+        assert a.j('volume', 'info', f'{dom}:root') == info, case.name
+        assert _snapshot_names(image) == snaps, case.name
+        assert _image_bytes(image) == payload.read_bytes(), case.name
+        assert _staging_left(rig, a) == {}, case.name
+
+
+def test_non_raw_imports_need_a_staging_dir(hosts, rig, tmp_path):
+    a = hosts('host-a')
+    rc, out, err = a.service.cli(
+        'pool', 'add', 'bare', 'rbd', '-o', f'ceph_pool={CEPH["pool"]}',
+        '-o', 'host_id=host-a', '-o', f'monitors={CEPH["monitors"]}',
+        '-o', 'staging_dir=relative/dir')
+    assert rc == 1 and 'absolute' in err, err
+    a.j('pool', 'add', 'bare', 'rbd', '-o', f'ceph_pool={CEPH["pool"]}',
+        '-o', 'host_id=host-a', '-o', f'monitors={CEPH["monitors"]}')
+    dom = _domain()
+    a.j('volume', 'create', f'{dom}:root', '--pool', 'bare', '--size', '1M')
+    source = corpus.converted(str(tmp_path), 'qcow2')
+    refused = a.fails('volume', 'import', f'{dom}:root', source, '--format',
+                      'qcow2', '--force')
+    assert refused['error'] == 'InvalidArgument'
+    assert 'staging_dir' in refused['message']
+    refused = a.fails('volume', 'export', f'{dom}:root',
+                      str(tmp_path / 'out.qcow2'), '--format', 'qcow2')
+    assert 'staging_dir' in refused['message']
+    assert not (tmp_path / 'out.qcow2').exists()
+
+
+def test_a_change_under_way_on_one_host_is_left_alone_by_another(hosts,
+                                                                 tmp_path):
+    """Host A (a manager in this process) is importing into a stopped
+    volume: it holds the volume meanwhile, so host B can neither start nor
+    change it, and B's restart (reconcile) does not roll A's import
+    back."""
     from volsep.frontend import manager as manager_module
-    mgr = manager_module.Manager(str(state_dir))
+    b = hosts('host-b')
+    mgr = manager_module.Manager(str(tmp_path / 'host-a'))
     mgr.add_pool('ceph', 'rbd', [('ceph_pool', CEPH['pool']),
-                                 ('host_id', 'crash-host'),
+                                 ('host_id', 'host-a'),
                                  ('monitors', CEPH['monitors'])])
-    mgr.create_volume(f'{dom}:root', 'ceph', MiB, revisions_to_keep=2)
-    mgr.create_volume(f'{dom}:src', 'ceph', MiB)
-    _import(mgr, f'{dom}:src', b's' * MiB)
-    _import(mgr, f'{dom}:root', b'o' * MiB)
-    return mgr
-
-
-def _import(mgr, address, data):
-    mgr.import_begin(address, len(data))
-    mgr.import_write(address, 0, data)
-    mgr.import_end(address)
-
-
-CRASH_OPERATIONS = {
-    'stop': lambda m, d: (m.start_domain(d), m.stop_domain(d)),
-    'import': lambda m, d: _import(m, f'{d}:root', b'n' * MiB),
-    'revert': lambda m, d: m.revert(f'{d}:root'),
-    'clear': lambda m, d: m.clear(f'{d}:root'),
-    'resize': lambda m, d: m.resize(f'{d}:root', 2 * MiB),
-    'clone': lambda m, d: m.clone(f'{d}:src', f'{d}:root'),
-}
-
-
-@pytest.mark.parametrize('op', sorted(CRASH_OPERATIONS))
-def test_crash_after_every_privileged_call_leaves_old_or_new(
-        op, tmp_path, monkeypatch):
-    from volsep.frontend import manager as manager_module
-    from volsep.privileged import rbd
-    assert CEPH.get('pool'), 'no Ceph cluster: run the suite with tests/run'
-    run = CRASH_OPERATIONS[op]
-    reference_dir, dom = tmp_path / 'ref', _domain()
-    mgr = _prepare(reference_dir, dom)
-    old = _current_bytes(mgr, f'{dom}:root')
-    with monkeypatch.context() as patch:
-        counter = _Counter(patch)
-        run(mgr, dom)
-    new = _current_bytes(mgr, f'{dom}:root')
-    total = counter.calls
-    assert total >= 1
-    for address in (f'{dom}:root', f'{dom}:src'):
-        mgr.remove_volume(address)
-    for crash_at in range(1, total + 1):
-        state_dir, dom = tmp_path / f'n{crash_at}', _domain()
-        mgr = _prepare(state_dir, dom)
-        ids_before = [s[0] for s in rbd.scan(CEPH['pool'])[f'{dom}/root']
-                      ['data']['snaps']]
-        with monkeypatch.context() as patch:
-            _Counter(patch, crash_at)
-            with pytest.raises(_Crash):
-                run(mgr, dom)
-        where = f'{op} cut after mutating call {crash_at} of {total}'
-        restarted = manager_module.Manager(str(state_dir))  # a new frontend
-        restarted.reconcile()
-        if restarted.domains[dom].running:
-            restarted.stop_domain(dom)
-        content = _current_bytes(restarted, f'{dom}:root')
-        assert content in (old, new), where
-        # Stopped, the head a VM would attach is the committed content.
-        assert _image_bytes(f'{dom}+root+d') == content, where
-        entry = rbd.scan(CEPH['pool'])[f'{dom}/root']
-        assert entry['meta']['import'] == 'no', where
-        assert entry['owner'] is None, where
-        assert len(entry['data']['snaps']) <= 3, where  # current + 2 kept
-        # A further commit gets an id above every one used before.
-        restarted.start_domain(dom)
-        restarted.stop_domain(dom)
-        ids_after = [s[0] for s in rbd.scan(CEPH['pool'])[f'{dom}/root']
-                     ['data']['snaps']]
-        assert max(ids_after) > max(ids_before), where
-        for address in (f'{dom}:root', f'{dom}:src'):
-            restarted.remove_volume(address)
+    dom = _domain()
+    mgr.create_volume(f'{dom}:root', 'ceph', MiB)
+    b.j('volume', 'list')
+    mgr.import_begin(f'{dom}:root', MiB)
+    mgr.import_write(f'{dom}:root', 0, b'n' * MiB)
+    try:
+        assert b.fails('domain', 'start', dom)['error'] == 'VolumeBusy'
+        refused = b.fails('volume', 'clear', f'{dom}:root')
+        assert refused['error'] == 'VolumeBusy'
+        assert 'host-a' in refused['message']
+        b.service.stop()
+        b.start()   # reconcile
+        assert b.j('volume', 'info', f'{dom}:root')['owner'] == 'host-a'
+    finally:
+        mgr.import_end(f'{dom}:root')
+    assert _image_bytes(f'{dom}+root+d') == b'n' * MiB
+    assert b.j('volume', 'info', f'{dom}:root')['owner'] is None
+    mgr.remove_volume(f'{dom}:root')

@@ -510,7 +510,7 @@ class VolumeExport(base.ShowOne):
 
 
 class VolumeClone(_VolumeShow):
-    """Make a volume a copy of another (instant within a reflink pool)."""
+    """Make a volume a copy of another (instant in reflink and rbd pools)."""
 
     def get_parser(self, prog_name):
         parser = super().get_parser(prog_name)
