@@ -10,10 +10,23 @@ import sys
 
 import pytest
 
-WORK = os.environ['VOLSEP_TEST_WORK']
-RUN = f'{WORK}/tests/guest/run'
+STAGED = os.environ['VOLSEP_TEST_WORK']
+RUN = f'{STAGED}/tests/guest/run'
+# A WORK of these tests' own: tests/run boots the suite's guest on the
+# staged WORK at the same time, and a second guest must not touch its
+# files (.guest-command, .guest-started) nor be mistaken for it.
+WORK = f'{STAGED}/guest-scripts'
 ENV = {'PATH': '/usr/sbin:/usr/bin:/sbin:/bin',
        'VOLSEP_VENV': sys.prefix}
+
+
+@pytest.fixture(autouse=True, scope='module')
+def own_work():
+    from tests import rig as rig_module
+    rig_module.run(['mkdir', '-p', f'{WORK}/tests/guest'])
+    rig_module.run(['cp', f'{STAGED}/tests/guest/inside',
+                    f'{WORK}/tests/guest/'])
+    rig_module.run(['chmod', '-R', 'a+rX', WORK])
 
 
 def run_as_root(rig, *args, **env):
