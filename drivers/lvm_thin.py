@@ -27,9 +27,6 @@ from volsep.privileged import errors as root_errors
 from volsep.privileged import lvm
 from volsep.privileged import lvm_names
 
-# Keep every chunk of an import or export below a privsep message's limit.
-CHUNK = 4 << 20
-
 
 class LvmThinVolume(base.Volume):
 
