@@ -75,3 +75,19 @@ def test_a_guest_past_its_timeout_is_killed_with_one_line(rig):
     rc, ps, _ = rig.run(['ps', '-eo', 'args'])
     assert not [line for line in ps.decode().splitlines()
                 if 'qemu-system' in line and WORK in line]
+
+
+@pytest.mark.parametrize('args, expected', [
+    ((), ''),
+    (('-k', 'a b', 'tests/guest/test_x.py'),
+     " -k a\\ b tests/guest/test_x.py"),
+])
+def test_the_guest_gets_exactly_the_arguments_given(rig, args, expected):
+    # No argument must stay none: an empty one made the guest's pytest
+    # collect all of WORK (the host's private directories included).
+    rc, out, err = run_as_root(rig, WORK, *args, VOLSEP_GUEST_TIMEOUT='1')
+    assert rc == 1, err
+    _, command, _ = rig.run(['cat', f'{WORK}/.guest-command'])
+    last = command.decode().splitlines()[-1]
+    assert last == (f'exec bash {WORK}/tests/guest/inside {WORK}'
+                    + expected)
