@@ -23,9 +23,13 @@ import dataclasses
 from volsep.drivers import base
 from volsep.drivers import errors
 from volsep.drivers import lvm_layout
+from volsep.drivers import staging
 from volsep.privileged import errors as root_errors
+from volsep.privileged import files
+from volsep.privileged import image_formats
 from volsep.privileged import lvm
 from volsep.privileged import lvm_names
+from volsep.privileged import qemu
 
 
 class LvmThinVolume(base.Volume):
@@ -236,22 +240,40 @@ class LvmThinVolume(base.Volume):
                      False)
         self._publish(listing)
 
-    # -- import and export (raw streams) ------------------------------------
+    # -- import and export ------------------------------------------------
+    # Raw streams go straight to and from the LVs. Other formats go through
+    # the pool's staging_dir (drivers/staging.py): qemu-img, confined to
+    # files beneath the allowed roots, cannot open devices.
+
+    @property
+    def _staged(self):
+        return self.pool.staging_area.volume(self.config.domain,
+                                             self.config.name)
 
     def import_begin(self, size, fmt='raw'):
         listing = self.listing()
-        if listing.building is not None:
+        names = self._staged.names()
+        if listing.building is not None or \
+                self._staged.upload_pending(names):
             raise errors.VolumeBusy(
                 f'volume {self.config.address} already has an import pending')
         self._committed(listing)
+        if fmt != 'raw':
+            return self._staged.begin_import(size, fmt, names)
         lvm.create(self._lv('t'), _lv_size(size), True)
         return self.device('t')
 
     def import_write(self, offset, data, fmt='raw'):
+        if fmt != 'raw':
+            return self._staged.write(fmt, offset, data)
         return lvm.write_at(self._lv('t'), offset, data)
 
     def import_end(self, success, fmt='raw'):
         listing = self.listing()
+        if fmt != 'raw':
+            self._staged.end_import(success, fmt, self._staged.names(),
+                                    lambda raw: self._load(listing, raw))
+            return
         if listing.building is None:
             raise errors.InvalidArgument(
                 f'volume {self.config.address} has no import pending')
@@ -261,6 +283,13 @@ class LvmThinVolume(base.Volume):
         lvm.flush(self._lv('t'))
         self._publish(listing)
 
+    def _load(self, listing, raw):
+        """Make the raw file ``raw`` the next generation."""
+        size = files.stat_path(raw)['size']
+        lvm.create(self._lv('t'), _lv_size(size), True)
+        lvm.import_file(self._lv('t'), raw)
+        self._publish(listing)
+
     def export_begin(self, fmt='raw'):
         listing = self.listing()
         if listing.export is not None:
@@ -268,21 +297,36 @@ class LvmThinVolume(base.Volume):
                 f'volume {self.config.address} is being exported already')
         generation, _ = self._committed(listing)
         lvm.snapshot(self._generation_lv(generation), self._lv('e'), True)
-        return {'path': self.device('e'),
-                'size': self.listing().export['size']}
+        if fmt == 'raw':
+            return {'path': self.device('e'),
+                    'size': self.listing().export['size']}
+        try:
+            return self._staged.begin_export(
+                fmt, self._staged.names(),
+                lambda raw: lvm.export_file(self._lv('e'), raw))
+        finally:
+            lvm.remove(self._lv('e'))
 
     def _check_export(self, path):
-        if path != self.device('e'):
-            raise errors.InvalidArgument(f'{path} is not an export of '
-                                         f'{self.config.address}')
+        """Whether ``path`` is a raw export (the snapshot +e) rather than
+        a converted one in the staging directory."""
+        if path == self.device('e'):
+            return True
+        if self._staged.is_export(path):
+            return False
+        raise errors.InvalidArgument(f'{path} is not an export of '
+                                     f'{self.config.address}')
 
     def export_read(self, path, offset, length):
-        self._check_export(path)
-        return lvm.read_at(self._lv('e'), offset, length)
+        if self._check_export(path):
+            return lvm.read_at(self._lv('e'), offset, length)
+        return self._staged.read(path, offset, length)
 
     def export_end(self, path):
-        self._check_export(path)
-        lvm.remove(self._lv('e'))
+        if self._check_export(path):
+            lvm.remove(self._lv('e'))
+        else:
+            self._staged.end_export(path)
 
     # -- state ---------------------------------------------------------------
 
@@ -361,6 +405,8 @@ class _Removal:
 
     def finish(self):
         self.volume.pool.remove_lvs(self.volume.config.vid)
+        staged = self.volume._staged
+        staged.clear(staged.names())
 
     def undo(self):
         pass
@@ -369,9 +415,10 @@ class _Removal:
 class LvmThinPool(base.Pool):
     driver = 'lvm_thin'
     volume_class = LvmThinVolume
-    capabilities = dataclasses.replace(base.Capabilities(), revert=True,
-                                       resize_running=True,
-                                       clone_instant=True)
+    capabilities = dataclasses.replace(
+        base.Capabilities(), revert=True, resize_running=True,
+        clone_instant=True, import_formats=image_formats.FORMATS,
+        export_formats=qemu.OUTPUT_FORMATS)
     options = dict(
         base.Pool.options,
         volume_group=base.Option(
@@ -381,6 +428,7 @@ class LvmThinPool(base.Pool):
             'thin pool LV (one the root configuration allows in '
             'allowed_thin_pools)', required=True,
             parse=lambda v: _lvm_name(v, 'thin_pool')),
+        staging_dir=staging.option('devices'),
     )
 
     @property
@@ -398,8 +446,13 @@ class LvmThinPool(base.Pool):
     def _report(self):
         return lvm.report(self.vg, self.thin_pool)
 
+    @property
+    def staging_area(self):
+        return staging.Area(self.name, self.options['staging_dir'])
+
     def setup(self):
         self._report()  # the thin pool exists and is allowed
+        self.staging_area.setup()
 
     def destroy(self):
         pass  # the thin pool is the host's; volsep only used it
@@ -438,8 +491,10 @@ class LvmThinPool(base.Pool):
 
     def finish_removals(self, recorded):
         """Remove the LVs of volumes the record no longer lists: a crash
-        cut their removal (or creation) short."""
-        done = []
+        cut their removal (or creation) short. Nothing is imported or
+        exported yet at start-up: what the staging directory holds was
+        left by an operation cut short, and goes too."""
+        done = self.staging_area.clear_all()
         for vid in sorted(set(self.listings()) - set(recorded)):
             self.remove_lvs(vid)
             done.append(('deleted', vid))

@@ -20,14 +20,12 @@ writes nothing and reports the loss (OwnershipLost).
 import contextlib
 import dataclasses
 import logging
-import os
 
 from volsep.drivers import base
 from volsep.drivers import errors
-from volsep.drivers import layout
+from volsep.drivers import staging
 from volsep.drivers import validation
 from volsep.privileged import errors as root_errors
-from volsep.privileged import files
 from volsep.privileged import image_formats
 from volsep.privileged import qemu
 from volsep.privileged import rbd
@@ -72,15 +70,6 @@ def _uuid(value):
     except ValueError:
         raise errors.InvalidArgument(f'secret_uuid {value!r} is not a UUID') \
             from None
-
-
-def _staging_dir(value):
-    if value and (not value.startswith('/') or value.rstrip('/') != value
-                  or os.path.normpath(value) != value):
-        raise errors.InvalidArgument(
-            f'staging_dir {value!r} must be absolute and normal, without a '
-            f'trailing /')
-    return value
 
 
 class RbdVolume(base.Volume):
@@ -186,16 +175,35 @@ class RbdVolume(base.Volume):
             rbd.remove_data(*self._args)
         rbd.release(*self._args, host)
 
-    def _prune(self, data=None):
+    @staticmethod
+    def _revisions(listing):
+        """[(generation, size, timestamp, archive)] of every revision,
+        oldest first: the data image's generations but its newest, and
+        those of the archives (``archive`` None for the data image's)."""
+        found = []
+        for archive, data in listing['archives'] if listing else ():
+            found += [(g, size, ts, archive)
+                      for g, size, ts in data.get('snaps', ())]
+        data = listing['data'] if listing else None
+        found += [(g, size, ts, None)
+                  for g, size, ts in (data['snaps'][:-1] if data else ())]
+        return sorted(found)
+
+    def _prune(self, listing=None):
         """Drop the oldest revisions beyond revisions_to_keep (the current
-        generation is never one of them); whether any went."""
-        data = data or self._data(self.listing())
+        generation is never one of them), and the archives left with none
+        or half removed; whether anything went."""
+        listing = listing or self.listing()
         keep = max(self.config.revisions_to_keep, 0)
-        revisions = [s[0] for s in data['snaps'][:-1]]
+        revisions = self._revisions(listing)
         dropped = revisions[:max(len(revisions) - keep, 0)]
-        for generation in dropped:
-            rbd.drop_generation(*self._args, generation)
-        return bool(dropped)
+        for generation, _, _, archive in dropped:
+            rbd.drop_generation(*self._args, generation, archive)
+        kept = {archive for _, _, _, archive in revisions[len(dropped):]}
+        emptied = [a for a, _ in listing['archives'] if a not in kept]
+        for archive in emptied:
+            rbd.remove_archive(*self._args, archive)
+        return bool(dropped or emptied)
 
     def tidy(self, keep_import=False):
         """Finish what a crash interrupted: an instant clone is finished
@@ -206,11 +214,11 @@ class RbdVolume(base.Volume):
         listing = self.listing()
         if listing is None or self._owned_elsewhere(listing):
             return listing   # another host's to finish
-        if listing['old']:      # an instant clone swapped in part-way
-            rbd.swap_staged(*self._args)
-        elif listing['staged']:   # one that never was
-            rbd.discard_staged(*self._args)
-        if listing['old'] or listing['staged']:
+        if listing['staged']:
+            if listing['data'] is None and not listing['partial']:
+                rbd.swap_staged(*self._args)   # swapped in part-way
+            else:
+                rbd.discard_staged(*self._args)   # never swapped in
             listing = self.listing()
         data = self._data(listing)
         changed = False
@@ -224,7 +232,7 @@ class RbdVolume(base.Volume):
             rbd.set_meta(*self._args, meta)
             changed = True
         if self.config.kind == 'persistent' and data:
-            changed |= self._prune(data)
+            changed |= self._prune(listing)
         elif (data or listing['partial']) and listing['owner'] is None:
             rbd.remove_data(*self._args)
             changed = True
@@ -253,16 +261,15 @@ class RbdVolume(base.Volume):
         if listing is None or self._owned_elsewhere(listing):
             return False
         return listing['meta'].get('import') == 'yes' or \
-            listing['partial'] or listing['staged'] or listing['old'] or (
+            listing['partial'] or listing['staged'] or (
             not running and listing['owner'] is not None and
             not self._owned_elsewhere(listing))
 
     # -- revisions ---------------------------------------------------------
 
     def revisions(self):
-        data = self._data(self.listing())
         return [{'id': g, 'timestamp': ts, 'size': size}
-                for g, size, ts in (data['snaps'][:-1] if data else ())]
+                for g, size, ts, _ in self._revisions(self.listing())]
 
     def _check_idle(self, listing, what):
         if listing['owner'] is not None:
@@ -292,19 +299,25 @@ class RbdVolume(base.Volume):
     def revert(self, revision=None):
         listing = self.tidy()
         self._check_idle(listing, 'revert')
-        data = self._data(listing)
-        revisions = [s[0] for s in data['snaps'][:-1]]
+        revisions = {g: archive
+                     for g, _, _, archive in self._revisions(listing)}
         if not revisions:
             raise errors.RevisionNotFound(
                 f'volume {self.config.address} has no revisions')
-        target = revisions[-1] if revision is None else revision
+        target = max(revisions) if revision is None else revision
         if target not in revisions:
             raise errors.RevisionNotFound(
                 f'volume {self.config.address} has no revision {revision}')
         # The reverted-to content becomes a new generation: the current one
         # stays as a revision, so the revert can itself be undone.
-        self._rewrite_head(listing, lambda: rbd.rollback(*self._args, target),
-                           'revert')
+        if revisions[target] is None:
+            self._rewrite_head(listing, lambda: rbd.rollback(
+                *self._args, target), 'revert')
+            return
+        # A revision kept in an archive: cloned from there, as a clone
+        # from another volume is.
+        self._swap_in(listing, 'revert', self.config, target,
+                      revisions[target])
 
     # -- resize, clear, clone ----------------------------------------------
 
@@ -351,63 +364,49 @@ class RbdVolume(base.Volume):
         """An instant clone: the volume's data image becomes a
         copy-on-write clone of the source's current generation (clone v2),
         staged under another name and swapped in, so that a crash leaves
-        the old content or the new (tidy). The clone is a new image: the
-        volume's earlier revisions go with the one it replaces, and its
-        generation ids go on growing. Later changes to the source (new
-        generations, revert, import, pruning the cloned one) never reach
-        it; removing the source flattens it first (privileged/rbd.py)."""
+        the old content or the new (tidy). The image it replaces becomes an
+        archive, which keeps the volume's earlier generations as
+        revisions; generation ids go on growing. Later changes to the
+        source (new generations, revert, import, pruning the cloned one)
+        never reach the clone; removing the source flattens it first
+        (privileged/rbd.py)."""
         listing = self.tidy()
         self._check_idle(listing, 'clone into')
         if source.pool.driver != self.pool.driver or \
                 source.pool.ceph_pool != self.pool.ceph_pool:
             raise errors.NotSupported('rbd clones stay within one Ceph pool')
         generation = source._current(source._data(source.listing()))
-        with self._held('clone into'):
-            rbd.stage_clone(self.pool.ceph_pool, source.config.domain,
-                            source.config.name, generation,
-                            self.config.domain, self.config.name,
-                            self._current(self._data(listing)) + 1)
+        self._swap_in(listing, 'clone into', source.config, generation)
+
+    def _swap_in(self, listing, what, source, generation, archive=None):
+        """Make a clone of ``source``'s ``generation`` (kept in its data
+        image, or in its archive ``archive``) the next generation."""
+        with self._held(what):
+            rbd.stage_clone(self.pool.ceph_pool, source.domain, source.name,
+                            generation, self.config.domain, self.config.name,
+                            self._current(self._data(listing)) + 1, archive)
             rbd.swap_staged(*self._args)
+            self._prune()
 
     # -- import and export ------------------------------------------------
     # Raw streams go straight to and from the data image. Other formats go
-    # through files in the volume's directory under the pool's staging_dir
-    # (qemu-img, confined by Landlock with TCP scoped out, cannot reach
-    # Ceph): the upload, inspected by the root side and converted to raw
-    # there by qemu-img, is then copied into the image; an export is the
-    # generation written out raw, then converted.
+    # through the pool's staging_dir (drivers/staging.py): qemu-img,
+    # confined by Landlock with TCP scoped out, cannot reach Ceph.
 
-    def _staging(self, name=None):
-        directory = self.pool.staging_dir
-        if not directory:
-            raise errors.InvalidArgument(
-                f'pool {self.pool.name} has no staging_dir: imports and '
-                f'exports in formats other than raw need one')
-        base = f'{directory}/{self.config.domain}+{self.config.name}'
-        return base if name is None else f'{base}/{name}'
-
-    def _clear_staging(self, names):
-        """Remove the volume's staging directory and ``names``, what it
-        holds (None: there is no such directory)."""
-        if names is None:
-            return
-        for name in names:
-            files.unlink(self._staging(name))
-        files.rmdir(self._staging())
+    @property
+    def _staged(self):
+        return self.pool.staging_area.volume(self.config.domain,
+                                             self.config.name)
 
     def import_begin(self, size, fmt='raw'):
         listing = self.listing()
         self._check_idle(listing, 'import into')
-        if listing['meta'].get('import') == 'yes' or any(
-                layout.is_upload(n) for n in listing['staging'] or ()):
+        if listing['meta'].get('import') == 'yes' or \
+                self._staged.upload_pending(listing['staging']):
             raise errors.VolumeBusy(f'volume {self.config.address} already '
                                     f'has an import pending')
         if fmt != 'raw':
-            path = self._staging(layout.upload(fmt))
-            if listing['staging'] is None:
-                files.mkdir(self._staging(), 0o700)
-            files.create(path, size)
-            return path
+            return self._staged.begin_import(size, fmt, listing['staging'])
         # Held until import_end (see _held), and marked: a crash from
         # here on is rolled back by tidy.
         self._take('import into')
@@ -422,14 +421,16 @@ class RbdVolume(base.Volume):
 
     def import_write(self, offset, data, fmt='raw'):
         if fmt != 'raw':
-            return files.write_at(self._staging(layout.upload(fmt)), offset,
-                                  data)
+            return self._staged.write(fmt, offset, data)
         return rbd.write_at(*self._args, offset, data)
 
     def import_end(self, success, fmt='raw'):
         listing = self.listing()
         if fmt != 'raw':
-            self._import_converted(listing, success, fmt)
+            def load(raw):
+                self._rewrite_head(listing, lambda: rbd.import_file(
+                    *self._args, raw), 'import into')
+            self._staged.end_import(success, fmt, listing['staging'], load)
             return
         if listing['meta'].get('import') != 'yes':
             raise errors.InvalidArgument(
@@ -442,22 +443,6 @@ class RbdVolume(base.Volume):
         rbd.set_meta(*self._args, {'import': 'no'})
         rbd.release(*self._args, self.pool.host_id)
 
-    def _import_converted(self, listing, success, fmt):
-        upload = layout.upload(fmt)
-        if upload not in (listing['staging'] or ()):
-            raise errors.InvalidArgument(
-                f'volume {self.config.address} has no {fmt} import pending')
-        if success:
-            # convert re-checks the upload before qemu-img reads it; Ceph
-            # is touched only once the raw result is complete. If this
-            # fails, the caller ends the import unsuccessfully, which
-            # clears the staging directory.
-            raw = self._staging(layout.IMPORT)
-            qemu.convert(self._staging(upload), fmt, raw, 'raw')
-            self._rewrite_head(listing, lambda: rbd.import_file(
-                *self._args, raw), 'import into')
-        self._clear_staging(self.listing()['staging'])
-
     def export_begin(self, fmt='raw'):
         listing = self.listing()
         data = self._data(listing)
@@ -466,16 +451,9 @@ class RbdVolume(base.Volume):
             return {'path': f'rbd:{self._image()}@c{generation}',
                     'size': next(s[1] for s in data['snaps']
                                  if s[0] == generation)}
-        if listing['staging'] is None:
-            files.mkdir(self._staging(), 0o700)
-        snapshot = self._staging(layout.export())
-        target = self._staging(layout.export(fmt))
-        rbd.export_file(*self._args, generation, snapshot)
-        try:
-            qemu.convert(snapshot, 'raw', target, fmt)
-        finally:
-            files.unlink(snapshot)
-        return {'path': target, 'size': files.stat_path(target)['size']}
+        return self._staged.begin_export(
+            fmt, listing['staging'],
+            lambda raw: rbd.export_file(*self._args, generation, raw))
 
     def _export_generation(self, path):
         """The generation a raw export reads, or None for a converted
@@ -484,9 +462,7 @@ class RbdVolume(base.Volume):
         tail = path[len(prefix):] if path.startswith(prefix) else ''
         if tail.isdigit() and len(tail) <= 18:
             return int(tail)
-        name = path.rpartition('/')[2]
-        if self.pool.staging_dir and path == self._staging(name) and \
-                layout.is_export(name):
+        if self._staged.is_export(path):
             return None
         raise errors.InvalidArgument(f'{path} is not an export of '
                                      f'{self.config.address}')
@@ -494,15 +470,12 @@ class RbdVolume(base.Volume):
     def export_read(self, path, offset, length):
         generation = self._export_generation(path)
         if generation is None:
-            return files.read_at(path, offset, length)
+            return self._staged.read(path, offset, length)
         return rbd.read_at(*self._args, generation, offset, length)
 
     def export_end(self, path):
         if self._export_generation(path) is None:
-            files.unlink(path)
-            listing = self.listing()
-            if listing['staging'] == []:
-                files.rmdir(self._staging())
+            self._staged.end_export(path)
 
     # -- state ---------------------------------------------------------------
 
@@ -559,8 +532,8 @@ class _Removal:
             rbd.remove(*self.volume._args)
         except root_errors.NotFound:
             pass
-        key = f'{self.volume.config.domain}+{self.volume.config.name}'
-        self.volume._clear_staging(self.volume.pool.staging().get(key))
+        staged = self.volume._staged
+        staged.clear(staged.names())
 
     def undo(self):
         pass
@@ -593,11 +566,7 @@ class RbdPool(base.Pool):
         secret_uuid=base.Option('UUID of the libvirt secret that holds the '
                                 'key of the client (never the key itself)',
                                 default='', parse=_uuid),
-        staging_dir=base.Option('absolute directory beneath an allowed '
-                                'root for imports and exports in formats '
-                                'other than raw (qemu-img converts them '
-                                'there: it cannot reach Ceph); none: raw '
-                                'only', default='', parse=_staging_dir),
+        staging_dir=staging.option('Ceph images'),
     )
 
     @property
@@ -613,40 +582,18 @@ class RbdPool(base.Pool):
         return _monitors(self.options['monitors'])
 
     @property
-    def staging_dir(self):
-        return self.options['staging_dir']
+    def staging_area(self):
+        return staging.Area(self.name, self.options['staging_dir'])
 
     def setup(self):
         rbd.scan(self.ceph_pool)  # the pool is allowed and reachable
-        if self.staging_dir:   # beneath an allowed root, root's own
-            try:
-                files.mkdir(self.staging_dir, 0o700)
-            except root_errors.AlreadyExists:
-                files.list_dir(self.staging_dir)   # a directory we may use
-
-    def staging(self):
-        """{'DOMAIN+VOLUME': [names]} of the volumes' staging
-        directories."""
-        if not self.staging_dir:
-            return {}
-        try:
-            tree = files.list_tree(self.staging_dir, 1)
-        except root_errors.NotFound:
-            return {}
-        return {key: [e['name'] for e in entries]
-                for key, entries in tree.items()}
+        self.staging_area.setup()
 
     def finish_removals(self, recorded):
         """At start-up nothing is imported or exported yet: whatever the
         staging directories hold was left by an import or export cut
         short (or a removal), and goes. Returns [(action, path)]."""
-        done = []
-        for key, names in sorted(self.staging().items()):
-            for name in names:
-                files.unlink(f'{self.staging_dir}/{key}/{name}')
-            files.rmdir(f'{self.staging_dir}/{key}')
-            done.append(('removed', f'{self.staging_dir}/{key}'))
-        return done
+        return self.staging_area.clear_all()
 
     def destroy(self):
         pass  # the Ceph pool and its volumes belong to every host
@@ -655,7 +602,7 @@ class RbdPool(base.Pool):
         """rbd.scan's entries, each with 'staging': the names in the
         volume's staging directory (None without one)."""
         found = rbd.scan(self.ceph_pool)
-        staging = self.staging()
+        staging = self.staging_area.contents()
         for vid, entry in found.items():
             entry['staging'] = staging.get(vid.replace('/', '+'))
         return found

@@ -11,6 +11,8 @@ import fcntl
 import os
 
 from volsep.privileged import errors
+from volsep.privileged import validate
+from volsep.privileged import zeros
 
 FICLONE = 0x40049409
 _NO_REFLINK = (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY,
@@ -42,6 +44,19 @@ def data_segments(fd, size, offset=0):
         end = os.lseek(fd, start, os.SEEK_HOLE)
         yield start, min(end, size)
         offset = end
+
+
+def nonzero_pieces(fd, size):
+    """(offset, bytes) of each run of non-zero bytes in the first
+    ``size`` bytes of the file ``fd``, at most validate.MAX_CHUNK long:
+    what must be written into storage that already reads as zeros."""
+    for start, end in data_segments(fd, size):
+        for offset in range(start, end, validate.MAX_CHUNK):
+            data = os.pread(fd, min(validate.MAX_CHUNK, end - offset),
+                            offset)
+            for begin, finish, zero in zeros.runs(data):
+                if not zero:
+                    yield offset + begin, data[begin:finish]
 
 
 def sparse_copy(src_fd, dst_fd, size):

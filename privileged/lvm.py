@@ -16,10 +16,14 @@ import os
 from volsep.privileged import audit
 from volsep.privileged import config
 from volsep.privileged import contexts
+from volsep.privileged import copying
 from volsep.privileged import errors
+from volsep.privileged import holes
+from volsep.privileged import inuse
 from volsep.privileged import lvm_device
 from volsep.privileged import lvm_names
 from volsep.privileged import lvm_tool
+from volsep.privileged import paths
 from volsep.privileged import validate
 
 _LV_FIELDS = ('lv_name', 'lv_size', 'lv_time', 'origin', 'lv_active',
@@ -211,6 +215,12 @@ def _write_failed(address, err):
     return errors.PrivilegedError(f'{address.full}: {err.strerror}')
 
 
+def _check_import_target(address):
+    if address.suffix != 't':
+        raise errors.InvalidArgument(
+            f'{address.full}: only an import target (suffix t) is written')
+
+
 @contexts.file_ops.entrypoint
 @audit.audited_stream
 def write_at(lv, offset, data):
@@ -222,9 +232,7 @@ def write_at(lv, offset, data):
     if type(data) is not bytes or len(data) > validate.MAX_CHUNK:
         raise errors.InvalidArgument('data must be bytes of at most '
                                      f'{validate.MAX_CHUNK}')
-    if address.suffix != 't':
-        raise errors.InvalidArgument(
-            f'{address.full}: only an import target (suffix t) is written')
+    _check_import_target(address)
     if not data.strip(b'\0'):
         return len(data)
     fd = lvm_device.devices.get(address, writable=True)
@@ -261,3 +269,67 @@ def flush(lv):
         raise _write_failed(address, err) from None
     finally:
         lvm_device.devices.close(address)
+
+
+@contexts.file_ops.entrypoint
+@audit.audited
+def import_file(lv, path):
+    """Copy the raw file ``path`` (beneath an allowed root, held in use
+    meanwhile) into the start of the import target ``lv``, which must be
+    at least as large and new (it reads zeros where nothing is written, so
+    only the file's non-zero runs are written), then flush it. The file
+    is only read, as bytes: qemu-img, which wrote it from an untrusted
+    image, cannot open devices under its confinement."""
+    address = _address(lv)
+    _check_import_target(address)
+    with paths.regular_file(path, os.O_RDONLY) as (fd, st):
+        inuse.hold(fd, path)
+        room = int(_existing(address)['lv_size'])
+        if st.st_size > room:
+            raise errors.InvalidArgument(
+                f'{path} ({st.st_size} bytes) does not fit {address.full} '
+                f'({room} bytes)')
+        target = lvm_device.devices.get(address, writable=True)
+        try:
+            for offset, data in copying.nonzero_pieces(fd, st.st_size):
+                if os.pwrite(target, data, offset) != len(data):
+                    raise errors.NoSpace(
+                        f'{address.full}: short write at {offset}')
+            os.fsync(target)
+        except OSError as err:
+            raise _write_failed(address, err) from None
+        finally:
+            lvm_device.devices.close(address)
+
+
+@contexts.file_ops.entrypoint
+@audit.audited
+def export_file(lv, path):
+    """Write the whole content of the export snapshot ``lv`` (suffix e) as
+    a new raw file ``path`` (beneath an allowed root; named only once
+    complete and flushed), its zero blocks left as holes: what qemu-img
+    converts an export from, since it cannot open devices."""
+    address = _address(lv)
+    if address.suffix != 'e':
+        raise errors.InvalidArgument(
+            f'{address.full}: only an export snapshot (suffix e) is '
+            f'written out')
+    _existing(address)
+    with paths.parent_of(path) as (parent, name), \
+            paths.anonymous_file(parent, 0o600) as fd:
+        source = lvm_device.open_checked(address, writable=False)
+        try:
+            size = os.lseek(source, 0, os.SEEK_END)
+            os.ftruncate(fd, size)
+            for offset in range(0, size, validate.MAX_CHUNK):
+                length = min(validate.MAX_CHUNK, size - offset)
+                data = os.pread(source, length, offset)
+                if len(data) != length:
+                    raise errors.PrivilegedError(
+                        f'{address.full}: short read at {offset}')
+                holes.write(fd, offset, data)
+        finally:
+            os.close(source)
+        os.fsync(fd)
+        paths.publish(fd, parent, name, path)
+        paths.fsync_directory(parent)

@@ -10,7 +10,10 @@ names must match the name pattern, and the image names are built here:
     DOMAIN+VOLUME+d    the data: what a hypervisor attaches; committed
                        generations are its snapshots c1, c2, ...
     DOMAIN+VOLUME+n    an instant clone, staged until it replaces +d
-    DOMAIN+VOLUME+o    the data image it replaced, until removed
+    DOMAIN+VOLUME+aN   a data image an instant clone (or a revert to one
+                       of its revisions) replaced, N being its newest
+                       generation: kept, read-only, while it holds
+                       generations that are still revisions
 
 '+' is in no name, so the mapping is injective and no other image of the
 pool is ever reachable. The cluster connection and the client's keyring
@@ -33,7 +36,6 @@ from volsep.privileged import holes
 from volsep.privileged import inuse
 from volsep.privileged import paths
 from volsep.privileged import validate
-from volsep.privileged import zeros
 
 NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z')
 # The keys a volume's anchor records (read one by one: this librbd's
@@ -81,10 +83,22 @@ def _pool(value):
     return value
 
 
-def _generation(value):
+def _generation_id(value):
     if type(value) is not int or not 0 < value < MAX_GENERATION:
         raise errors.InvalidArgument(f'generation {value!r} is not valid')
-    return f'c{value}'
+    return value
+
+
+def _generation(value):
+    return f'c{_generation_id(value)}'
+
+
+def _holder(domain, volume, archive):
+    """The image that holds a generation: the data image, or with
+    ``archive`` (an int) that archive."""
+    if archive is None:
+        return data_name(domain, volume)
+    return archive_name(domain, volume, archive)
 
 
 def _data_features(session):
@@ -110,12 +124,20 @@ def staged_name(domain, volume):
     return anchor_name(domain, volume) + '+n'
 
 
+def archive_name(domain, volume, archive):
+    return f'{anchor_name(domain, volume)}+a{_generation_id(archive)}'
+
+
 _ANCHOR = re.compile(r'([A-Za-z0-9][A-Za-z0-9_.-]{0,63})\+'
                      r'([A-Za-z0-9][A-Za-z0-9_.-]{0,63})\Z')
 _SNAP = re.compile(r'c([1-9][0-9]{0,17})\Z')
 # A volume's image that may be a clone: its anchor's name, then the kind.
 _CHILD = re.compile(r'([A-Za-z0-9][A-Za-z0-9_.-]{0,63}\+'
-                    r'[A-Za-z0-9][A-Za-z0-9_.-]{0,63})\+[dno]\Z')
+                    r'[A-Za-z0-9][A-Za-z0-9_.-]{0,63})\+'
+                    r'(?:[dn]|a[1-9][0-9]{0,17})\Z')
+_ARCHIVE = re.compile(r'([A-Za-z0-9][A-Za-z0-9_.-]{0,63}\+'
+                      r'[A-Za-z0-9][A-Za-z0-9_.-]{0,63})\+a([1-9][0-9]{0,17})'
+                      r'\Z')
 
 
 class _Cluster:
@@ -251,16 +273,28 @@ def _read_meta(session, anchor):
     return meta
 
 
+def _archives(names):
+    """{anchor: [N, ...]} of the archive images +aN among ``names``."""
+    found = {}
+    for name in names:
+        match = _ARCHIVE.match(name)
+        if match:
+            found.setdefault(match.group(1), []).append(int(match.group(2)))
+    return found
+
+
 @contexts.file_ops.entrypoint
 @audit.audited
 def scan(pool):
     """Every volsep volume of ``pool``: {'DOMAIN/VOLUME': {meta, owner,
-    data, partial, staged, old}}; ``data`` is None without a data image
-    (or with one whose removal was cut short: then ``partial`` is true);
-    ``staged`` and ``old`` say whether an instant clone's images (+n, +o)
-    are there."""
+    data, partial, staged, archives}}; ``data`` is None without a data
+    image (or with one whose removal was cut short: then ``partial`` is
+    true); ``staged`` says whether an instant clone's staged image (+n) is
+    there; ``archives`` is [[N, data]] of the archives +aN, oldest first
+    (data as for +d)."""
     with _Session(pool) as s:
         names = set(s.rbd.RBD().list(s.ioctx))
+        archives = _archives(names)
         result = {}
         for name in sorted(names):
             match = _ANCHOR.match(name)
@@ -280,7 +314,9 @@ def scan(pool):
             result[f'{match.group(1)}/{match.group(2)}'] = {
                 'meta': meta, 'owner': owner, 'partial': partial,
                 'data': None if partial else data,
-                'staged': name + '+n' in names, 'old': name + '+o' in names}
+                'staged': name + '+n' in names,
+                'archives': [[n, _describe_data(s, f'{name}+a{n}')]
+                             for n in sorted(archives.get(name, ()))]}
         return result
 
 
@@ -336,8 +372,12 @@ def remove(pool, domain, volume):
             owner = _owner(anchor.list_lockers())
         if owner:
             raise Owned(f'{domain}:{volume} is owned by host {owner[0]}')
-        for suffix in ('+n', '+o', '+d'):   # any instant clone's images
-            _remove_data(s, name + suffix)
+        # Newest first: an image may be a clone of an older one of its
+        # own (a revert to a revision in an archive), never of a newer.
+        archives = _archives(s.rbd.RBD().list(s.ioctx)).get(name, ())
+        for image in [name + '+n', name + '+d'] + [
+                f'{name}+a{n}' for n in sorted(archives, reverse=True)]:
+            _remove_data(s, image)
         _remove_image(s, name)
 
 
@@ -560,12 +600,23 @@ def commit(pool, domain, volume, generation, host=None):
 
 @contexts.file_ops.entrypoint
 @audit.audited
-def drop_generation(pool, domain, volume, generation):
-    """Remove a committed generation; a snapshot volume's clone of it keeps
-    its data (clone v2 moves it to the trash namespace)."""
+def drop_generation(pool, domain, volume, generation, archive=None):
+    """Remove a committed generation, of the data image or of the archive
+    ``archive``; a snapshot volume's clone of it keeps its data (clone v2
+    moves it to the trash namespace)."""
     snap = _generation(generation)
-    with _Session(pool) as s, s.image(data_name(domain, volume)) as image:
+    with _Session(pool) as s, \
+            s.image(_holder(domain, volume, archive)) as image:
         image.remove_snap(snap)
+
+
+@contexts.file_ops.entrypoint
+@audit.audited
+def remove_archive(pool, domain, volume, archive):
+    """Remove an archive that holds no revision any more (the persistent
+    volumes cloned from it flattened first)."""
+    with _Session(pool) as s:
+        _remove_data(s, archive_name(domain, volume, archive))
 
 
 @contexts.file_ops.entrypoint
@@ -596,15 +647,16 @@ def clone_generation(pool, src_domain, src_volume, generation, domain,
 @contexts.file_ops.entrypoint
 @audit.audited
 def stage_clone(pool, src_domain, src_volume, generation, domain, volume,
-                new_generation):
-    """An instant clone, staged: a copy-on-write clone of another
-    volume's committed generation as this volume's staged image, its
-    content committed as ``new_generation``. Nothing the volume shows
-    changes until swap_staged; a staged image left by a crash is dropped
-    by discard_staged. Refused while a snapshot volume is running from
-    this volume (its working copy would pin the image the swap replaces)."""
+                new_generation, src_archive=None):
+    """An instant clone, staged: a copy-on-write clone of a volume's
+    committed generation (of its data image, or of its archive
+    ``src_archive``: a revert to a revision kept there) as this volume's
+    staged image, its content committed as ``new_generation``. Nothing
+    the volume shows changes until swap_staged; a staged image left by a
+    crash is dropped by discard_staged. Refused while a snapshot volume
+    is running from this volume."""
     snap = _generation(generation)
-    parent = data_name(src_domain, src_volume)
+    parent = _holder(src_domain, src_volume, src_archive)
     new_snap = _generation(new_generation)
     staged = staged_name(domain, volume)
     with _Session(pool) as s:
@@ -620,22 +672,26 @@ def stage_clone(pool, src_domain, src_volume, generation, domain, volume,
 @contexts.file_ops.entrypoint
 @audit.audited
 def swap_staged(pool, domain, volume):
-    """Make the staged image the volume's data image: the data image is
-    renamed away (+o), the staged one takes its name, and the old one is
-    removed (its clones that are persistent volumes flattened first).
-    Finishes a swap cut short at any of these steps."""
+    """Make the staged image the volume's data image: the data image
+    becomes the archive +aN (N its newest generation), keeping its
+    generations as revisions (its clones follow it), then the staged one
+    takes its name. Each step is one rename: a swap cut short is finished
+    by calling this again."""
     data = data_name(domain, volume)
     staged = staged_name(domain, volume)
-    old = anchor_name(domain, volume) + '+o'
     with _Session(pool) as s:
         names = set(s.rbd.RBD().list(s.ioctx))
-        if staged in names and data in names:
-            s.rbd.RBD().rename(s.ioctx, data, old)
-            names = (names - {data}) | {old}
-        if staged in names:
-            s.rbd.RBD().rename(s.ioctx, staged, data)
-        if old in names:
-            _remove_data(s, old)
+        if staged not in names:
+            return
+        if data in names:
+            with s.image(data, read_only=True) as image:
+                snaps = _snapshots(image)
+            if not snaps:
+                raise errors.PrivilegedError(
+                    f'{data} has no committed generation to archive')
+            s.rbd.RBD().rename(s.ioctx, data, archive_name(
+                domain, volume, snaps[-1][0]))
+        s.rbd.RBD().rename(s.ioctx, staged, data)
 
 
 @contexts.file_ops.entrypoint
@@ -691,13 +747,8 @@ def import_file(pool, domain, volume, path):
         validate.size(size)
         image.resize(size, allow_shrink=True)
         image.discard(0, size)
-        for start, end in copying.data_segments(fd, size):
-            for offset in range(start, end, validate.MAX_CHUNK):
-                data = os.pread(fd, min(validate.MAX_CHUNK, end - offset),
-                                offset)
-                for begin, finish, zero in zeros.runs(data):
-                    if not zero:
-                        image.write(data[begin:finish], offset + begin)
+        for offset, data in copying.nonzero_pieces(fd, size):
+            image.write(data, offset)
         image.flush()
 
 

@@ -43,3 +43,19 @@ def fresh_state_dir(tmp_path):
     path = tmp_path / f'state-{uuid.uuid4().hex[:6]}'
     os.mkdir(path)
     return path
+
+
+def import_stream(mgr, address, data, fmt='raw', force=True):
+    """Import ``data`` as the API feeds a stream: inspected (non-raw),
+    written in 1 MiB chunks, ended (unsuccessfully if anything refused
+    it). Returns what import_end returns."""
+    mgr.import_begin(address, len(data), fmt, force=force)
+    try:
+        for offset in range(0, len(data), MiB):
+            chunk = data[offset:offset + MiB]
+            mgr.import_inspect(address, chunk)
+            mgr.import_write(address, offset, chunk)
+    except BaseException:
+        mgr.import_end(address, False)
+        raise
+    return mgr.import_end(address, True)

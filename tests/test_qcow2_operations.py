@@ -14,6 +14,7 @@ import uuid
 
 import pytest
 
+from tests import storage_helpers as sh
 from tests import test_chains as tc
 
 MiB = 1 << 20
@@ -44,19 +45,7 @@ def _raw(rig, base_dir, size, writes):
 
 
 def _import_file(mgr, rig, address, path, fmt='raw', force=True):
-    """An import of the file at ``path`` as a stream, as the API feeds it:
-    inspected (non-raw), written in chunks, ended."""
-    data = rig.read(path)
-    mgr.import_begin(address, len(data), fmt, force=force)
-    try:
-        for offset in range(0, len(data), MiB):
-            chunk = data[offset:offset + MiB]
-            mgr.import_inspect(address, chunk)
-            mgr.import_write(address, offset, chunk)
-    except BaseException:
-        mgr.import_end(address, False)
-        raise
-    return mgr.import_end(address, True)
+    return sh.import_stream(mgr, address, rig.read(path), fmt, force)
 
 
 def _names(rig, mgr, address):

@@ -538,3 +538,56 @@ def test_a_change_under_way_on_one_host_is_left_alone_by_another(hosts,
     assert _image_bytes(f'{dom}+root+d') == b'n' * MiB
     assert b.j('volume', 'info', f'{dom}:root')['owner'] is None
     mgr.remove_volume(f'{dom}:root')
+
+
+def test_a_clone_keeps_the_revisions_of_the_volume_it_replaces(hosts,
+                                                               tmp_path):
+    a = hosts('host-a')
+    src, dst = _domain(), _domain()
+    first, second = os.urandom(MiB), os.urandom(MiB)
+    (tmp_path / 'src.raw').write_bytes(b'S' * MiB)
+    (tmp_path / 'first.raw').write_bytes(first)
+    (tmp_path / 'second.raw').write_bytes(second)
+    a.j('volume', 'create', f'{src}:root', '--pool', 'ceph', '--size', '1M')
+    a.j('volume', 'import', f'{src}:root', str(tmp_path / 'src.raw'))
+    a.j('volume', 'create', f'{dst}:root', '--pool', 'ceph', '--size', '1M',
+        '--revisions-to-keep', '3')
+    a.j('volume', 'import', f'{dst}:root', str(tmp_path / 'first.raw'))
+    a.j('volume', 'import', f'{dst}:root', str(tmp_path / 'second.raw'))
+
+    def revisions():
+        return [r['id'] for r in a.j('volume', 'revisions', f'{dst}:root')]
+
+    def archives():
+        return sorted(n for n in _rbd('ls', CEPH['pool']).split()
+                      if n.startswith(f'{dst}+root+a'))
+    assert revisions() == [1, 2]          # 3 is current
+    a.j('volume', 'clone', f'{src}:root', f'{dst}:root')
+    assert _image_bytes(f'{dst}+root+d') == b'S' * MiB
+    # The replaced image is kept read-only as an archive: its generations
+    # are revisions still, and the clone's ids go on from them.
+    assert archives() == [f'{dst}+root+a3']
+    assert revisions() == [1, 2, 3]       # 4, the clone, is current
+    a.j('volume', 'revert', f'{dst}:root', '2')
+    assert _image_bytes(f'{dst}+root+d') == first
+    assert revisions() == [2, 3, 4]       # 5 current; 1 pruned
+    a.j('volume', 'revert', f'{dst}:root')   # undo: back to the clone
+    assert _image_bytes(f'{dst}+root+d') == b'S' * MiB
+    assert revisions() == [3, 4, 5]
+    # Each swap archived the image it replaced: +a4 (the clone's) and
+    # +a5 (the first revert's, a clone of +a3).
+    assert archives() == [f'{dst}+root+a{n}' for n in (3, 4, 5)]
+    for name in ('first', 'second'):   # 7, 8: older revisions pruned
+        a.j('volume', 'import', f'{dst}:root', str(tmp_path / f'{name}.raw'))
+    assert revisions() == [5, 6, 7]
+    # An archive left without revisions goes, its clones flattened first.
+    assert archives() == [f'{dst}+root+a5']
+    a.j('volume', 'revert', f'{dst}:root', '5')   # 9, from +a5
+    assert revisions() == [6, 7, 8]
+    assert archives() == [f'{dst}+root+a8']   # +a5 gone, +d flattened
+    assert _parent(f'{dst}+root+d') is None
+    assert _image_bytes(f'{dst}+root+d') == first
+    a.j('volume', 'remove', f'{dst}:root')
+    assert not [n for n in _rbd('ls', CEPH['pool']).split()
+                if n.startswith(f'{dst}+')]
+    assert _image_bytes(f'{src}+root+d') == b'S' * MiB

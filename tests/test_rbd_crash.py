@@ -19,6 +19,7 @@ id used twice; and removing the volumes leaves nothing in the pool.
 import concurrent.futures
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -119,8 +120,13 @@ def _kill_and_check(rig, tmp_path, op, target, kill_at, new):
     assert check['owner_after'] is None, where
     for names, running in ((check['names'], check['running']),
                            (check['names_after'], False)):
-        assert {n.partition('@')[0] for n in names} <= _own_images(
-            spec, running), where
+        images = {n.partition('@')[0] for n in names}
+        archives = {n for n in images
+                    if re.fullmatch(rf'{spec["dom"]}\+root\+a[0-9]+', n)}
+        assert images - archives <= _own_images(spec, running), where
+        # an archive stays only while it holds a revision
+        assert all(any(n.startswith(a + '@') for n in names)
+                   for a in archives), where
         snaps = [n for n in names if n.startswith(f'{spec["dom"]}+')
                  and '@' in n]
         assert len(snaps) <= 3, where   # current + 2 revisions
