@@ -80,7 +80,7 @@ class RbdVolume(base.Volume):
 
     def listing(self, listings=None):
         if listings is None:
-            listings = self.pool.listings()
+            listings = self.pool.listings(self.config)
         return listings.get(self.config.vid)
 
     def _data(self, listing):
@@ -598,9 +598,17 @@ class RbdPool(base.Pool):
     def destroy(self):
         pass  # the Ceph pool and its volumes belong to every host
 
-    def listings(self):
-        """rbd.scan's entries, each with 'staging': the names in the
-        volume's staging directory (None without one)."""
+    def listings(self, config=None):
+        """rbd.scan's entries (of the volume ``config`` only, if given:
+        one volume's operations read nothing of the others), each with
+        'staging': the names in the volume's staging directory (None
+        without one)."""
+        if config is not None:
+            found = rbd.scan(self.ceph_pool, config.domain, config.name)
+            for entry in found.values():
+                entry['staging'] = self.staging_area.volume(
+                    config.domain, config.name).names()
+            return found
         found = rbd.scan(self.ceph_pool)
         staging = self.staging_area.contents()
         for vid, entry in found.items():

@@ -97,7 +97,10 @@ class VolumeArea:
         """What the directory holds; None if there is none."""
         if not self.area.directory:
             return None
-        return self.area.contents().get(self.key)
+        try:
+            return [e['name'] for e in files.list_dir(self.path())]
+        except root_errors.NotFound:
+            return None
 
     def clear(self, names):
         """Remove ``names`` and the directory (None: there is none)."""

@@ -285,18 +285,24 @@ def _archives(names):
 
 @contexts.file_ops.entrypoint
 @audit.audited
-def scan(pool):
-    """Every volsep volume of ``pool``: {'DOMAIN/VOLUME': {meta, owner,
-    data, partial, staged, archives}}; ``data`` is None without a data
-    image (or with one whose removal was cut short: then ``partial`` is
-    true); ``staged`` says whether an instant clone's staged image (+n) is
-    there; ``archives`` is [[N, data]] of the archives +aN, oldest first
-    (data as for +d)."""
+def scan(pool, domain=None, volume=None):
+    """Every volsep volume of ``pool``, or with ``domain`` and ``volume``
+    that one only (none other's images are opened): {'DOMAIN/VOLUME':
+    {meta, owner, data, partial, staged, archives}}; ``data`` is None
+    without a data image (or with one whose removal was cut short: then
+    ``partial`` is true); ``staged`` says whether an instant clone's
+    staged image (+n) is there; ``archives`` is [[N, data]] of the
+    archives +aN, oldest first (data as for +d)."""
+    only = None
+    if domain is not None or volume is not None:
+        only = anchor_name(domain, volume)
     with _Session(pool) as s:
         names = set(s.rbd.RBD().list(s.ioctx))
         archives = _archives(names)
         result = {}
-        for name in sorted(names):
+        anchors = sorted(names) if only is None else \
+            [only] if only in names else []
+        for name in anchors:
             match = _ANCHOR.match(name)
             if not match:
                 continue

@@ -174,6 +174,26 @@ def test_root_side_refuses_pools_and_names_outside_its_allow_list():
     assert 'vm/bad' not in rbd.scan('volsep')
 
 
+def test_one_volume_is_scanned_without_the_others(hosts):
+    from volsep.privileged import errors as root_errors
+    from volsep.privileged import rbd
+    a = hosts('host-a')
+    one, other = _domain(), _domain()
+    for dom in (one, other):
+        a.j('volume', 'create', f'{dom}:root', '--pool', 'ceph', '--size',
+            '1M')
+    alone = rbd.scan(CEPH['pool'], one, 'root')
+    assert list(alone) == [f'{one}/root']
+    whole = rbd.scan(CEPH['pool'])
+    assert f'{other}/root' in whole
+    assert whole[f'{one}/root'] == alone[f'{one}/root']
+    assert rbd.scan(CEPH['pool'], one, 'nothing') == {}
+    for domain, volume in (('../x', 'v'), ('a/b', 'v'), (one, None),
+                           (None, 'root'), (one, 'root+d'), (one, '')):
+        with pytest.raises(root_errors.InvalidArgument):
+            rbd.scan(CEPH['pool'], domain, volume)
+
+
 def test_persistent_volume_commits_revisions_and_reverts(hosts, tmp_path):
     a = hosts('host-a')
     dom = _domain()
