@@ -91,6 +91,12 @@ class Volume:
         """The format of the image start() hands to the hypervisor."""
         return self.config.format
 
+    def direct_export_size(self):
+        """The size of a raw export that export_committed writes straight
+        from the committed image, or None: exports go through
+        export_begin's private snapshot."""
+        return None
+
     def chain(self):
         """The image a hypervisor attaches and its backing chain: [[absolute
         path, format], ...], top first."""
@@ -113,6 +119,7 @@ class Volume:
     export_read = _not_supported('export')
     export_end = _not_supported('export')
     export_descriptor = _not_supported('export')
+    export_committed = _not_supported('export')
     clear = _not_supported('clear')
     tidy = _not_supported('tidy')
     needs_attention = _not_supported('reconciliation')

@@ -23,6 +23,9 @@ from volsep.privileged import qemu
 from volsep.privileged import transfers
 
 LOG = logging.getLogger('volsep.drivers.directory')
+# A direct export is tried on a newer image if commits keep retiring the
+# one it was about to open; past this many, the caller is told.
+_DIRECT_EXPORT_ATTEMPTS = 3
 
 
 class DirectoryVolume(base.Volume):
@@ -331,6 +334,40 @@ class DirectoryVolume(base.Volume):
         finally:
             files.unlink(snapshot)
         return {'path': target, 'size': files.stat_path(target)['size']}
+
+    def direct_export_size(self):
+        # Only where the committed image never changes in place: every
+        # commit, revert, import, clear or resize of a stopped volume
+        # publishes a new file by rename. With revisions_to_keep=-1 the VM
+        # writes it, so the export needs its snapshot.
+        if self.config.kind != 'persistent' or \
+                self.config.revisions_to_keep < 0:
+            return None
+        return self._committed(self.listing())[1]['size']
+
+    def export_committed(self, fd, size, stall_timeout):
+        """Write the committed image (of ``size`` bytes, as announced)
+        straight into the caller's descriptor, without a snapshot: a
+        commit meanwhile renames or unlinks the file the root side has
+        open, never its content. One that retired it before it was
+        opened fails the call with NotFound, and the newer image is
+        copied instead."""
+        for _ in range(_DIRECT_EXPORT_ATTEMPTS):
+            _, entry = self._committed(self.listing())
+            if entry['size'] != size:
+                raise errors.VolumeBusy(
+                    f'volume {self.config.address} was resized as its '
+                    f'export began; export it again')
+            try:
+                return transfers.export_to_descriptor(
+                    self._path(entry['name']), _hand_over(fd),
+                    share=self.pool.clone_mode != 'never',
+                    stall_timeout=stall_timeout, size=size, hold=False)
+            except root_errors.NotFound:
+                continue
+        raise errors.VolumeBusy(f'volume {self.config.address} kept '
+                                f'changing as its export began; export it '
+                                f'again')
 
     def _check_export(self, path):
         name = path.rsplit('/', 1)[-1]

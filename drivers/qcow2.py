@@ -388,6 +388,10 @@ class Qcow2Volume(directory.DirectoryVolume):
 
     # -- export ------------------------------------------------------------
 
+    # A chain is exported flattened, never straight from its top layer.
+    direct_export_size = base.Volume.direct_export_size
+    export_committed = base.Volume.export_committed
+
     def export_begin(self, fmt='raw'):
         """A private flattened copy of the committed chain, in ``fmt``;
         commits while it is read (the hypervisor writes only its overlay)

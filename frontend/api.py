@@ -435,32 +435,55 @@ class Api:
     async def _export(self, request_id, params, reader, writer, scope):
         address = _param(params, 'volume')
         fmt = params.get('format', 'raw')
+        if not await self._transfer_slot(params, address):
+            return await self._export_snapshot(request_id, address, fmt,
+                                               reader, writer, False)
+        try:
+            direct = await self._run(self.manager.direct_export_begin,
+                                     address, fmt)
+            if direct is None:
+                return await self._export_snapshot(
+                    request_id, address, fmt, reader, writer, True)
+            size = direct['size']
+            try:
+                await self._export_descriptor(
+                    request_id, size, reader, writer,
+                    lambda fd: self.manager.export_direct(
+                        address, size, fd, self._stall_timeout()))
+            finally:
+                await self._run(self.manager.direct_export_end,
+                                direct['vid'])
+            return {'size': size}
+        finally:
+            self._transfers -= 1
+
+    async def _export_snapshot(self, request_id, address, fmt, reader,
+                               writer, by_descriptor):
         export = await self._run(self.manager.export_begin, address, fmt)
         path, size = export['path'], export['size']
         try:
-            if await self._transfer_slot(params, address):
-                try:
-                    return await self._export_descriptor(
-                        request_id, address, path, size, reader, writer)
-                finally:
-                    self._transfers -= 1
+            if by_descriptor:
+                await self._export_descriptor(
+                    request_id, size, reader, writer,
+                    lambda fd: self.manager.export_descriptor(
+                        address, path, fd, self._stall_timeout()))
+                return {'size': size}
             await self._export_stream(request_id, address, path, size,
                                       writer)
             return None
         finally:
             await self._run(self.manager.export_end, address, path)
 
-    async def _export_descriptor(self, request_id, address, path, size,
-                                 reader, writer):
+    async def _export_descriptor(self, request_id, size, reader, writer,
+                                 copy):
+        """Announce ``size``, take the client's descriptor and run
+        ``copy(fd)`` (a root-side copy into it)."""
         fd = await self._take_descriptor(
             request_id, {'size': size, 'descriptor': True}, writer)
         try:
-            await self._unless_abandoned(reader, self._run(
-                self.manager.export_descriptor, address, path, fd,
-                self._stall_timeout()))
+            await self._unless_abandoned(reader, self._run(copy, fd))
         finally:
             os.close(fd)
-        return {'size': size}
 
     async def _export_stream(self, request_id, address, path, size, writer):
         pending = None

@@ -129,6 +129,8 @@ class Manager:
         # start in parallel under their own locks.
         self._domain_locks = collections.defaultdict(threading.Lock)
         self._importing = {}  # vid -> _PendingImport
+        # vid -> exports reading the committed image itself (export_direct)
+        self._direct_exports = collections.Counter()
         self._reserved = collections.Counter()  # pool -> bytes of streams
         # Sizes for `volume list`, read from disk: only volsep changes a
         # volume's files and always under its lock, whose release drops the
@@ -774,6 +776,12 @@ class Manager:
                         f'cannot switch {address} to or from '
                         f'revisions_to_keep=-1 while it or a snapshot of it '
                         f'is running')
+                if value == -1 and config.vid in self._direct_exports:
+                    # Then a start would let the VM write the image the
+                    # export is reading.
+                    raise errors.VolumeBusy(
+                        f'cannot switch {address} to revisions_to_keep=-1 '
+                        f'while it is being exported')
                 config.revisions_to_keep = value
                 self._volume(config).tidy(
                     keep_import=config.vid in self._importing)
@@ -1008,24 +1016,58 @@ class Manager:
                 f'{pending.fmt} image, which exceeds {pending.limit_text}')
         return virtual
 
-    def export_begin(self, address, fmt='raw'):
-        config = self._config(address)
+    def _check_exportable(self, config, fmt):
+        """Refuse an export that cannot be made (the volume locked)."""
         formats = self._pool(config.pool).capabilities.export_formats
         if fmt not in formats:
             raise errors.InvalidArgument(
                 f'pool {config.pool} exports {", ".join(formats)}, not '
                 f'{fmt!r}')
+        if config.kind != 'persistent':
+            raise errors.InvalidArgument(
+                f'cannot export {config.address}: it is {config.kind}')
+        if config.revisions_to_keep == -1 and self._running(config):
+            # The VM writes the committed image itself: no copy of the
+            # data from before the start exists to export.
+            raise errors.VolumeBusy(
+                f'{config.address} is running with revisions_to_keep=-1: '
+                f'its committed image is being written')
+
+    def export_begin(self, address, fmt='raw'):
+        config = self._config(address)
         with self._volume_lock(config):
-            if config.kind != 'persistent':
-                raise errors.InvalidArgument(
-                    f'cannot export {address}: it is {config.kind}')
-            if config.revisions_to_keep == -1 and self._running(config):
-                # The VM writes the committed image itself: no copy of
-                # the data from before the start exists to export.
-                raise errors.VolumeBusy(
-                    f'{address} is running with revisions_to_keep=-1: its '
-                    f'committed image is being written')
+            self._check_exportable(config, fmt)
             return self._volume(config).export_begin(fmt)
+
+    def direct_export_begin(self, address, fmt='raw'):
+        """The size of the export of ``address`` that export_direct writes
+        straight from the committed image into a descriptor, or None
+        (then export_begin makes the export a snapshot). With a size
+        comes the volume's id, which direct_export_end must be given."""
+        config = self._config(address)
+        with self._volume_lock(config):
+            self._check_exportable(config, fmt)
+            size = None if fmt != 'raw' else \
+                self._volume(config).direct_export_size()
+            if size is None:
+                return None
+            with self._lock:
+                self._direct_exports[config.vid] += 1
+            return {'size': size, 'vid': config.vid}
+
+    def export_direct(self, address, size, fd, stall_timeout):
+        """The export direct_export_begin announced, into ``fd``. Not
+        locked: it lasts as long as its reader, and the commits it may
+        meet never change the image it reads (see export_committed)."""
+        return self._volume(self._config(address)).export_committed(
+            fd, size, stall_timeout)
+
+    def direct_export_end(self, vid):
+        # By id: the volume may have been removed meanwhile.
+        with self._lock:
+            self._direct_exports[vid] -= 1
+            if not self._direct_exports[vid]:
+                del self._direct_exports[vid]
 
     def export_read(self, address, path, offset, length):
         return self._volume(self._config(address)).export_read(

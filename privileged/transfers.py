@@ -95,16 +95,27 @@ def import_from_descriptor(path, token, size, source_offset=0, share=False,
 
 @contexts.long_jobs.entrypoint
 @audit.audited
-def export_to_descriptor(path, token, share=False, stall_timeout=None):
-    """Write the export snapshot ``path`` into the handed over descriptor:
-    a regular file becomes exactly the image (sparse), a pipe gets every
-    byte. Returns the size."""
+def export_to_descriptor(path, token, share=False, stall_timeout=None,
+                         size=None, hold=True):
+    """Write the image ``path`` into the handed over descriptor: a regular
+    file becomes exactly the image (sparse), a pipe gets every byte.
+    ``size``: the size the image must have (as announced to the reader).
+    ``hold``: keep it in use meanwhile (an export snapshot); without, a
+    committed image is read from the descriptor opened here while a
+    commit may rename or unlink its name. Returns the size."""
     validate.flag(share, 'share')
+    validate.flag(hold, 'hold')
+    if size is not None:
+        validate.size(size)
     stall = _stall(stall_timeout)
     with _claimed(token, descriptors.WRITE) as (fd, st), \
-            paths.regular_file(path, os.O_RDONLY) as (src, snapshot):
-        inuse.hold(src, path)
-        size = snapshot.st_size
+            paths.regular_file(path, os.O_RDONLY) as (src, image):
+        if hold:
+            inuse.hold(src, path)
+        if size is not None and image.st_size != size:
+            raise errors.InvalidArgument(
+                f'{path}: is {image.st_size} bytes, not {size}')
+        size = image.st_size
         if descriptors.is_pipe(st):
             kernel_copy.file_to_pipe(src, fd, size, stall)
         else:

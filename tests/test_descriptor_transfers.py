@@ -194,7 +194,96 @@ def test_file_export_goes_by_descriptor_and_stays_sparse(service, rig,
     assert rc == 0, err
     assert target.read_bytes() == bytes(data)
     assert target.stat().st_blocks * 512 < 4 * MiB
-    assert _calls(rig, service, since).count('export_to_descriptor') == 1
+    calls = _calls(rig, service, since)
+    assert calls.count('export_to_descriptor') == 1, calls
+    # Read straight from the committed image: no private snapshot first.
+    assert 'clone' not in calls and 'unlink' not in calls, calls
+
+
+def test_a_plain_file_pool_exports_without_copying_first(service, rig,
+                                                         tmp_path):
+    service.json('pool', 'add', 'plain', 'file', '-o',
+                 f'dir_path={service.state_dir}/pools/plain')
+    service.json('volume', 'create', 'vm:data', '--pool', 'plain',
+                 '--size', str(SIZE), '--revisions-to-keep', '1')
+    data = os.urandom(SIZE)
+    source = tmp_path / 'data.raw'
+    source.write_bytes(data)
+    rc, _, err = _cli(service, 'volume', 'import', 'vm:data', str(source))
+    assert rc == 0, err
+    since = len(_audit_lines(rig, service))
+    target = tmp_path / 'out.raw'
+    rc, out, err = _cli(service, 'volume', 'export', 'vm:data', str(target),
+                        '-f', 'json')
+    assert rc == 0, err
+    assert json.loads(out)['size'] == SIZE
+    assert target.read_bytes() == data
+    calls = _calls(rig, service, since)
+    # Listings, then the copy itself: nothing written.
+    assert set(calls) == {'list_dir', 'export_to_descriptor'}, calls
+    assert calls.count('export_to_descriptor') == 1, calls
+
+
+def test_a_volume_the_vm_writes_in_place_is_exported_from_a_snapshot(
+        service, rig, tmp_path):
+    service.json('volume', 'set', 'vm:root', 'revisions_to_keep', '-1')
+    data = _seeded(service, tmp_path)
+    since = len(_audit_lines(rig, service))
+    rc, out, err = _cli(service, 'volume', 'export', 'vm:root', '-')
+    assert rc == 0, err
+    assert out == data
+    calls = _calls(rig, service, since)
+    assert 'clone' in calls and calls.count('export_to_descriptor') == 1, \
+        calls
+
+
+def test_a_commit_during_an_export_leaves_the_export_as_it_began(rig,
+                                                                 tmp_path):
+    """The export reads the committed image itself, under no lock: a start
+    and a commit go on meanwhile, and the reader still gets exactly the
+    data from before them."""
+    state_dir = sh.fresh_state_dir()
+    svc = sh.Service(state_dir, policy=EVERYONE,
+                     extra_args=['--stream-timeout', '60']).start()
+    raw = None
+    try:
+        svc.json('volume', 'create', 'vm:root', '--pool', 'default',
+                 '--size', str(SIZE), '--revisions-to-keep', '0')
+        old = _seeded(svc, tmp_path)
+        r, w = os.pipe()
+        raw = _Raw(svc)
+        ready = raw.request('admin.vm.volume.Export', volume='vm:root',
+                            descriptor=True)
+        assert ready['result'] == {'size': SIZE, 'descriptor': True}, ready
+        socket.send_fds(raw.sock, [b'\0'], [w])
+        os.close(w)
+        received = bytearray(os.read(r, MiB))
+        assert received
+
+        # While it runs, nothing may let the VM write that image.
+        code, _, err = _cli(svc, 'volume', 'set', 'vm:root',
+                            'revisions_to_keep', '-1')
+        assert code != 0 and 'being exported' in err, err
+        new = os.urandom(MiB)
+        started = svc.json('domain', 'start', 'vm')
+        rig.pwrite(started[0]['path'], 0, new)
+        svc.json('domain', 'stop', 'vm')
+
+        while chunk := os.read(r, MiB):
+            received += chunk
+        os.close(r)
+        assert raw.reply()['result'] == {'size': SIZE}
+        assert bytes(received) == old
+        path = svc.json('volume', 'info', 'vm:root')['path']
+        assert rig.read(path, 0, MiB) == new
+        assert rig.read(path, MiB) == old[MiB:]
+        # Once it is over, the switch is allowed.
+        svc.json('volume', 'set', 'vm:root', 'revisions_to_keep', '-1')
+    finally:
+        if raw is not None:
+            raw.close()
+        svc.stop()
+        rig.rmtree(state_dir)
 
 
 # -- hostile descriptors: a clear error, nothing changed --------------------
