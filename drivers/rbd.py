@@ -12,7 +12,8 @@ its source's current generation.
 
 Starting takes the volume for this host (the host_id option): another host
 that tries gets VolumeBusy naming the owner. `release --force` fences a
-dead owner (blocklists its Ceph client) and frees the volume; the fenced
+dead owner (blocklists its Ceph client and every client writing the
+volume's data image, its hypervisor's) and frees the volume; the fenced
 host, when it next commits or stops, finds it no longer owns the volume,
 writes nothing and reports the loss (OwnershipLost).
 """

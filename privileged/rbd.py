@@ -450,6 +450,20 @@ def _blocklist(cluster, address):
     _blocklisted.add(address)
 
 
+def _fence_writers(session, name):
+    """Blocklist every other client that has image ``name`` open for
+    writing: the owner's hypervisor has a Ceph client of its own, which
+    the volume's lock does not name. Read-only opens (exports, scans)
+    register no watch, so no reader is shut out."""
+    try:
+        with session.image(name, read_only=True) as image:
+            writers = {w['addr'] for w in image.watchers_list()}
+    except session.rbd.ImageNotFound:
+        return
+    for address in sorted(writers - {session.cluster.get_addrs()}):
+        _blocklist(session.cluster, address)
+
+
 def _remove_image(session, name):
     """Remove an image, waiting a little while the only clients that
     still watch it are ones this daemon blocklisted (a killed earlier run
@@ -544,8 +558,9 @@ def release(pool, domain, volume, host):
 @contexts.file_ops.entrypoint
 @audit.audited
 def fence(pool, domain, volume):
-    """Free a volume whose owner is gone: blocklist the owner's client, so
-    it can never write to the cluster again, then break its lock. Returns
+    """Free a volume whose owner is gone: blocklist the owner's client
+    and every client writing the volume's data (the owner's hypervisor), so
+    that none can write to the cluster again, then break its lock. Returns
     the fenced owner (None if nobody owned it)."""
     name = anchor_name(domain, volume)
     with _Session(pool) as s, s.image(name) as anchor:
@@ -553,6 +568,7 @@ def fence(pool, domain, volume):
         if owner is None:
             return None
         _blocklist(s.cluster, owner[2])
+        _fence_writers(s, data_name(domain, volume))
         cookie = anchor.list_lockers()['lockers'][0][1]
         anchor.break_lock(owner[1], cookie)
         return owner

@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 import uuid
 
@@ -17,6 +18,7 @@ from lxml import etree
 
 from tests import image_corpus as corpus
 from tests import service_helpers as sh
+from tests import test_crash
 
 MiB = 1 << 20
 TEST_USER = os.environ.get('VOLSEP_TEST_USER', 'volsep-test')
@@ -333,6 +335,48 @@ def test_a_fenced_live_host_cannot_write(hosts, rig):
     assert _rbd('snap', 'ls', f'{CEPH["pool"]}/{dom}+root+d') == before
     assert a.j('volume', 'info', f'{dom}:root')['running'] is False
     b.j('domain', 'stop', dom)
+
+
+def test_a_fenced_hosts_hypervisor_cannot_write(hosts, rig):
+    """The owner's hypervisor has a Ceph client of its own (qemu's librbd):
+    fencing shuts that one out too, not only volsep's."""
+    a, b = hosts('host-a'), hosts('host-b')
+    dom = _domain()
+    a.j('volume', 'create', f'{dom}:root', '--pool', 'ceph', '--size', '1M')
+    b.j('volume', 'list')
+    a.j('domain', 'start', dom)
+    image = f'{dom}+root+d'
+    work = os.environ['VOLSEP_TEST_WORK']
+    log, go = f'{work}/writer-{dom}.log', f'{work}/writer-{dom}.go'
+    writer = rig.spawn([sys.executable, '-m', 'tests.rbd_writer',
+                        CEPH['conf'], 'volsep', CEPH['pool'], image, go],
+                       test_crash.worker_env(), log)
+    status = None
+    try:
+        deadline = time.monotonic() + 60
+        while b'opened' not in _log_of(rig, log):
+            assert time.monotonic() < deadline, _log_of(rig, log)
+            time.sleep(0.1)
+        assert b.j('volume', 'release', '--force',
+                   f'{dom}:root')['fenced'] == 'host-a'
+        rig.write(go, b'')
+        status = rig.wait(writer, 60)
+    finally:
+        if status is None:
+            rig.kill(writer)
+            rig.wait(writer)
+    output = _log_of(rig, log).decode()
+    assert status == 0 and 'second write failed: 108' in output, output
+    assert _image_bytes(image)[:4096] == b'Q' * 4096
+    b.j('domain', 'start', dom)   # B's own hypervisor may now write
+    b.j('domain', 'stop', dom)
+
+
+def _log_of(rig, path):
+    try:
+        return rig.read(path)
+    except FileNotFoundError:
+        return b''
 
 
 def test_concurrent_starts_from_both_hosts_exactly_one_wins(hosts):
