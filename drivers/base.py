@@ -81,7 +81,12 @@ def _not_supported(what):
 
 class Volume:
     """One volume of a pool; every operation runs with the volume locked
-    by the frontend."""
+    by the frontend.
+
+    verify() checks that the volume can start and returns what it read of
+    the volume's own storage, or None; the frontend hands that to
+    start(verified) when nothing has changed the volume in between, else
+    start(None), and start reads afresh."""
 
     def __init__(self, pool, config):
         self.pool = pool

@@ -145,10 +145,12 @@ class DirectoryVolume(base.Volume):
             return False
         return True
 
-    def tidy(self, keep_import=False):
+    def tidy(self, keep_import=False, listing=None):
         """Finish what a crash interrupted and drop leftovers; touches only
-        this volume's own directory. Returns the resulting listing."""
-        listing = self.listing()
+        this volume's own directory. Returns the resulting listing.
+        ``listing``: the directory as just read, if it was."""
+        if listing is None:
+            listing = self.listing()
         revisions = [r.entry['name'] for r in listing.revisions]
         changed = False
         for generation, entry in listing.committed[:-1]:
@@ -173,14 +175,17 @@ class DirectoryVolume(base.Volume):
 
     def verify(self):
         if self.config.kind == 'persistent':
-            self._committed(self.listing())
-        elif self.config.kind == 'snapshot':
+            listing = self.listing()
+            self._committed(listing)
+            return listing
+        if self.config.kind == 'snapshot':
             source = self.pool.volume(self.config.source)
             source._committed(source.listing())
+        return None
 
-    def start(self):
+    def start(self, verified=None):
         """Prepare the image the hypervisor attaches; return its path."""
-        listing = self.tidy()
+        listing = self.tidy(listing=verified)
         kind = self.config.kind
         if kind == 'persistent':
             generation, entry = self._committed(listing)

@@ -101,10 +101,12 @@ class LvmThinVolume(base.Volume):
             return self.listing()
         return listing
 
-    def _tidy(self, keep_import=False):
+    def _tidy(self, keep_import=False, listing=None):
         """tidy, but an export's snapshot stays: operations call this
-        while an export of the committed data may still read it."""
-        listing = self.listing()
+        while an export of the committed data may still read it.
+        ``listing``: the LVs as just read, if they were."""
+        if listing is None:
+            listing = self.listing()
         changed = False
         if listing.building is not None and not keep_import:
             lvm.remove(self._lv('t'))
@@ -118,14 +120,17 @@ class LvmThinVolume(base.Volume):
 
     def verify(self):
         if self.config.kind == 'persistent':
-            self._committed(self.listing())
-        elif self.config.kind == 'snapshot':
+            listing = self.listing()
+            self._committed(listing)
+            return listing
+        if self.config.kind == 'snapshot':
             source = self.pool.volume(self.config.source)
             source._committed(source.listing())
+        return None
 
-    def start(self):
+    def start(self, verified=None):
         """Prepare the LV the hypervisor attaches; return its device."""
-        listing = self._tidy()
+        listing = self._tidy(listing=verified)
         kind = self.config.kind
         if kind == 'persistent':
             generation, lv = self._committed(listing)

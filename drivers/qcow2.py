@@ -176,7 +176,8 @@ class Qcow2Volume(directory.DirectoryVolume):
     def _virtual_size(self, path, fmt):
         return root_chain.layer(path, fmt)['virtual_size']
 
-    def start(self):
+    def start(self, verified=None):
+        # verify() reads the chain, not the listing start tidies by.
         kind = self.config.kind
         if kind == 'persistent':
             listing = self.tidy()

@@ -123,7 +123,9 @@ class RbdVolume(base.Volume):
         elif self.config.kind == 'snapshot':
             self.pool.volume(self.config.source).verify()
 
-    def start(self):
+    def start(self, verified=None):
+        # Never what verify() read: another host may change a stopped
+        # volume in between, which no local lock sees.
         self.tidy()
         try:
             rbd.acquire(*self._args, self.pool.host_id)

@@ -1152,15 +1152,20 @@ class Manager:
         configs = list(domain.volumes.values())
         for config in configs:
             self._check_startable(config)
-        for config in configs:  # verify everything before starting anything
-            self._volume(config).verify()
+        # Verify everything before starting anything. What a check read
+        # is handed to the start while no lock holder has changed the
+        # volume since (its epoch), saving the start a listing of its own.
+        epochs = {c.vid: self._epochs[c.vid] for c in configs}
+        verified = {c.vid: self._volume(c).verify() for c in configs}
 
         started = []
 
         def start_one(config):
             with self._volume_lock(config):
                 volume = self._volume(config)
-                path = volume.start()
+                unchanged = self._epochs[config.vid] == epochs[config.vid]
+                path = volume.start(verified[config.vid] if unchanged
+                                    else None)
                 started.append(config)
                 return {'volume': config.name, 'path': path,
                         'format': volume.attached_format(), 'rw': config.rw}
