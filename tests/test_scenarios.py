@@ -7,7 +7,9 @@ import re
 import pytest
 
 from tests import storage_helpers as h
+from volsep.drivers import directory
 from volsep.drivers import errors
+from volsep.privileged import files
 
 MiB = h.MiB
 
@@ -730,3 +732,43 @@ def test_listed_sizes_follow_every_change(env, rig):
     assert listed('base:root') == 5 * MiB
     env.revert('base:root')
     assert listed('base:root') == 4 * MiB
+
+
+# -- a start reads each persistent volume once ------------------------------
+# What the check before starting read is reused by the start, unless the
+# volume was changed in between, and then read again.
+
+def test_a_start_lists_the_volume_once(env, rig, monkeypatch):
+    env.create_volume('vm:root', 'p', 4 * MiB)
+    _commit(env, rig, 'vm:root', b'A' * 4096)
+    listed = []
+    real = files.list_dir
+    monkeypatch.setattr(files, 'list_dir',
+                        lambda path: listed.append(path) or real(path))
+    path = env.start_domain('vm')[0]['path']
+    assert len(listed) == 1, listed
+    assert rig.read(path, 0, 4096) == b'A' * 4096
+    env.stop_domain('vm')
+
+
+def test_a_volume_changed_after_its_check_is_read_again(env, rig,
+                                                        monkeypatch):
+    env.create_volume('vm:root', 'p', 4 * MiB)
+    _commit(env, rig, 'vm:root', b'A' * 4096)
+    _commit(env, rig, 'vm:root', b'B' * 4096)
+    real = directory.DirectoryVolume.verify
+    changed = []
+
+    def verify_then_revert(volume):
+        listing = real(volume)
+        if not changed:
+            # Between the check and the start, another request reverts
+            # the volume: the committed image the check saw is retired.
+            changed.append(env.revert('vm:root'))
+        return listing
+    monkeypatch.setattr(directory.DirectoryVolume, 'verify',
+                        verify_then_revert)
+    path = env.start_domain('vm')[0]['path']
+    assert changed
+    assert rig.read(path, 0, 4096) == b'A' * 4096
+    env.stop_domain('vm')
