@@ -10,6 +10,7 @@ an LV's data go through a descriptor checked to be that LV's device
 (lvm_device).
 """
 
+import contextlib
 import errno
 import os
 
@@ -257,18 +258,25 @@ def read_at(lv, offset, length):
     return os.pread(fd, length, offset)
 
 
-@contexts.file_ops.entrypoint
-@audit.audited
-def flush(lv):
-    """fsync the LV's device and close its stream descriptor."""
-    address = _address(lv)
-    fd = lvm_device.devices.get(address, writable=False)
+@contextlib.contextmanager
+def _stream_device(address, writable):
+    """The LV's stream descriptor, closed afterwards; a write or flush that
+    fails there is reported as the thin pool's (_write_failed)."""
+    fd = lvm_device.devices.get(address, writable=writable)
     try:
-        os.fsync(fd)
+        yield fd
     except OSError as err:
         raise _write_failed(address, err) from None
     finally:
         lvm_device.devices.close(address)
+
+
+@contexts.file_ops.entrypoint
+@audit.audited
+def flush(lv):
+    """fsync the LV's device and close its stream descriptor."""
+    with _stream_device(_address(lv), False) as fd:
+        os.fsync(fd)
 
 
 @contexts.file_ops.entrypoint
@@ -289,17 +297,12 @@ def import_file(lv, path):
             raise errors.InvalidArgument(
                 f'{path} ({st.st_size} bytes) does not fit {address.full} '
                 f'({room} bytes)')
-        target = lvm_device.devices.get(address, writable=True)
-        try:
+        with _stream_device(address, True) as target:
             for offset, data in copying.nonzero_pieces(fd, st.st_size):
                 if os.pwrite(target, data, offset) != len(data):
                     raise errors.NoSpace(
                         f'{address.full}: short write at {offset}')
             os.fsync(target)
-        except OSError as err:
-            raise _write_failed(address, err) from None
-        finally:
-            lvm_device.devices.close(address)
 
 
 @contexts.file_ops.entrypoint
