@@ -51,8 +51,10 @@ OP_TIMEOUT = '30'
 # How long a fenced client stays blocklisted (Ceph's own default).
 BLOCKLIST_SECONDS = 3600
 # A blocklisted client's watch on an image (which makes its removal
-# busy) lasts until the OSD sees the new map: about 0.3 s here.
-WATCH_GONE_SECONDS = 10
+# busy) lasts until the OSD sees the new map (about 0.3 s on an idle
+# host, over 10 s on a loaded one), and at most until the watch times out
+# (osd_client_watch_timeout, 30 s by default).
+WATCH_GONE_SECONDS = 40
 # The clients this daemon blocklisted: their watches are about to go.
 _blocklisted = set()
 
@@ -384,7 +386,7 @@ def remove(pool, domain, volume):
         for image in [name + '+n', name + '+d'] + [
                 f'{name}+a{n}' for n in sorted(archives, reverse=True)]:
             _remove_data(s, image)
-        _remove_image(s, name)
+        _remove_image(s, name, any_watcher_goes=True)
 
 
 def _remove_data(session, name):
@@ -464,11 +466,14 @@ def _fence_writers(session, name):
         _blocklist(session.cluster, address)
 
 
-def _remove_image(session, name):
+def _remove_image(session, name, any_watcher_goes=False):
     """Remove an image, waiting a little while the only clients that
     still watch it are ones this daemon blocklisted (a killed earlier run
     of this service, or a fenced host): any other watcher is a user of the
-    image, and its removal is refused at once (InUse)."""
+    image, and its removal is refused at once (InUse). With
+    ``any_watcher_goes`` (an anchor, which no hypervisor opens: a watch on
+    it is a volsep call of the moment or a killed client's, which lasts
+    until it times out) every watcher is waited for."""
     deadline = time.monotonic() + WATCH_GONE_SECONDS
     while True:
         try:
@@ -477,7 +482,7 @@ def _remove_image(session, name):
         except session.rbd.ImageBusy:
             with session.image(name, read_only=True) as image:
                 watchers = {w['addr'] for w in image.watchers_list()}
-            if not watchers <= _blocklisted or \
+            if not (any_watcher_goes or watchers <= _blocklisted) or \
                     time.monotonic() > deadline:
                 raise
         time.sleep(0.1)
