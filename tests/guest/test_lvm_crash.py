@@ -20,6 +20,7 @@ import uuid
 import pytest
 
 from tests import test_crash
+from tests.conftest import ROOTS
 
 ALL = os.environ.get('VOLSEP_LVM_CRASH_ALL') == '1'
 DEFAULT = [('stop', 'frontend')]
@@ -40,9 +41,12 @@ def _spec(tmp_path):
     from tests.guest import lvm_helpers as lh
     state = tmp_path / uuid.uuid4().hex[:8]
     state.mkdir()
+    # A staging_dir: the export case writes qcow2.
     return {'driver': 'lvm_thin', 'state_dir': str(state),
             'options': [['volume_group', lh.VG],
-                        ['thin_pool', lh.THIN_POOL]]}
+                        ['thin_pool', lh.THIN_POOL],
+                        ['staging_dir', f'{ROOTS["plain"]}/staging-'
+                                        f'{state.name}']]}
 
 
 @pytest.mark.parametrize('op,target', CASES)
