@@ -175,5 +175,5 @@ def file_to_pipe(src, dst, size, stall):
                 f'the reader closed the pipe after {offset} of {size} '
                 f'bytes') from None
         if n == 0:
-            raise errors.PrivilegedError('the export snapshot shrank')
+            raise errors.PrivilegedError('the image shrank during the export')
         offset += n

@@ -516,3 +516,36 @@ def test_a_sparse_hostile_image_costs_the_root_side_no_read_of_its_holes(
              for r in records
              if not r['entrypoint'].endswith('import_from_descriptor')}
     assert sum(spent.values()) < 2000, spent
+
+
+def test_the_root_side_refuses_an_export_it_was_not_announced(rig,
+                                                              tmp_path):
+    """export_to_descriptor checks what it is given itself: the size the
+    reader was told must be the image's, and its flags booleans; a refusal
+    leaves the caller's file as it was."""
+    from tests import storage_helpers as h
+    from volsep.drivers import directory
+    from volsep.privileged import errors as root_errors
+    from volsep.privileged import transfers
+    mgr, base = h.make_manager(tmp_path, h.POOL_KINDS[0], rig)
+    try:
+        mgr.create_volume('vm:root', 'p', SIZE)
+        image = mgr.volume_info('vm:root')['path']
+        target = tmp_path / 'target.raw'
+        target.write_bytes(b'precious')
+        fd = os.open(target, os.O_WRONLY)
+        try:
+            for kwargs, message in (
+                    ({'size': SIZE + 1}, f'not {SIZE + 1}'),
+                    ({'size': -1}, 'outside'),
+                    ({'size': True}, 'integer'),
+                    ({'hold': 'no'}, 'boolean')):
+                with pytest.raises(root_errors.InvalidArgument,
+                                   match=message):
+                    transfers.export_to_descriptor(
+                        image, directory._hand_over(fd), **kwargs)
+        finally:
+            os.close(fd)
+        assert target.read_bytes() == b'precious'
+    finally:
+        rig.rmtree(base)
