@@ -3,8 +3,9 @@
 Regular files: copy_file_range (which shares extents on XFS and btrfs, so
 only where the pool may share: ``share``) or sendfile, over the data
 segments SEEK_DATA/SEEK_HOLE report, and past all-zero blocks, so the
-target stays sparse (the zero check reads each window once; the copy
-itself stays in the kernel). Pipes: splice with SPLICE_F_NONBLOCK and
+target stays sparse (the zero check reads a few bytes of each block, and
+all of it only where those are zeros; the copy itself stays in the
+kernel). Pipes: splice with SPLICE_F_NONBLOCK and
 poll(), so a pipe whose other end never moves fails after ``stall``
 seconds instead of holding the thread; the pipe's own O_NONBLOCK is left
 alone, since that flag belongs to the caller's open file.
@@ -26,6 +27,7 @@ from volsep.privileged import holes
 from volsep.privileged import zeros
 
 WINDOW = 8 << 20
+_PROBE = 64
 _PIPE_CHUNK = 1 << 20
 _F_SETPIPE_SZ = 1031
 
@@ -58,29 +60,46 @@ def _segments(fd, start, end):
         yield max(seg_start, start), seg_end
 
 
+def _zero_block(fd, offset):
+    """is_zero for zeros.runs_by over ``fd`` from ``offset``. Most blocks
+    of an image hold data within their first bytes: reading only those
+    keeps the check from copying the whole stream into user space, which
+    cost more than the copy itself. A block that shrank reads short,
+    which is not zeros: the copy then finds the shrink."""
+    def is_zero(start, end):
+        probe = min(_PROBE, end - start)
+        return (os.pread(fd, probe, offset + start) == bytes(probe) and
+                os.pread(fd, end - start, offset + start) ==
+                bytes(end - start))
+    return is_zero
+
+
+def _write_behind(fd, offset, length):
+    # Starts the writeback of what was just copied, so that the caller's
+    # fsync finds little left to write instead of the whole stream.
+    os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+
+
 def file_to_file(src, src_start, dst, dst_start, size, share,
                  detect_zeros, progress_fd):
     """Copy ``size`` bytes of ``src`` from ``src_start`` to ``dst`` at
     ``dst_start``; ``dst`` must read as zeros there already (holes).
     ``progress_fd`` (``src`` or ``dst``) has its offset moved along."""
     progress_base = src_start if progress_fd == src else dst_start
-    buf = bytearray(WINDOW) if detect_zeros else None
     for seg_start, seg_end in _segments(src, src_start, src_start + size):
         offset = seg_start
         while offset < seg_end:
             length = min(WINDOW, seg_end - offset)
             runs = [(0, length, False)]
             if detect_zeros:
-                view = memoryview(buf)[:length]
-                if os.preadv(src, [view], offset) != length:
-                    raise errors.InvalidArgument('the source file shrank '
-                                                 'during the copy')
-                runs = zeros.runs(bytes(view) if length < WINDOW else buf)
+                runs = zeros.runs_by(length, _zero_block(src, offset))
             for start, end, zero in runs:
                 if not zero:
                     share = _copy_range(src, offset + start, dst,
                                         offset + start - src_start +
                                         dst_start, end - start, share)
+            if not share:
+                _write_behind(dst, offset - src_start + dst_start, length)
             offset += length
             os.lseek(progress_fd, progress_base + offset - src_start,
                      os.SEEK_SET)

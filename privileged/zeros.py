@@ -17,16 +17,22 @@ def runs(data):
     """Yield (start, end, is_zero) covering ``data`` (bytes) in order;
     neighbouring blocks of the same kind are merged, so a writer makes one
     call per run, not one per block."""
+    # startswith compares in place, stopping at the first non-zero byte:
+    # dense data costs next to nothing, and nothing is copied (a
+    # memoryview compares item by item, about 1 GiB/s).
+    return runs_by(len(data), lambda start, end: data.startswith(
+        _ZEROS if end - start == BLOCK else _ZEROS[:end - start], start))
+
+
+def runs_by(length, is_zero):
+    """Like runs(), for ``length`` bytes that are not at hand: ``is_zero``
+    (start, end) tells whether one block of them is all zeros."""
     run_start, run_zero = 0, None
-    for start in range(0, len(data), BLOCK):
-        # startswith compares in place, stopping at the first non-zero
-        # byte: dense data costs next to nothing, and nothing is copied
-        # (a memoryview compares item by item, about 1 GiB/s).
-        zero = data.startswith(_ZEROS if start + BLOCK <= len(data)
-                               else _ZEROS[:len(data) - start], start)
+    for start in range(0, length, BLOCK):
+        zero = is_zero(start, min(start + BLOCK, length))
         if zero is not run_zero:
             if run_zero is not None:
                 yield run_start, start, run_zero
             run_start, run_zero = start, zero
     if run_zero is not None:
-        yield run_start, len(data), run_zero
+        yield run_start, length, run_zero

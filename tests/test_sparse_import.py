@@ -22,11 +22,13 @@ FILESYSTEMS = ('btrfs', 'ext4', 'xfs')
 def _mostly_zeros():
     """SIZE bytes, about 3 MiB of them data: whole MiBs, a few bytes at odd
     offsets (zero blocks around data inside one chunk) and data in the
-    last block."""
+    last block, and data deep inside an otherwise empty block."""
     image = bytearray(SIZE)
     for offset in (0, 37 * MiB, 200 * MiB + 12345):
         image[offset:offset + MiB] = os.urandom(MiB)
     image[100 * MiB + 7:100 * MiB + 107] = os.urandom(100)
+    # Past the first bytes of its block, which alone read as zeros.
+    image[150 * MiB + 60000:150 * MiB + 60100] = os.urandom(100)
     image[SIZE - 10:] = b'last bytes'
     return bytes(image)
 
