@@ -1,10 +1,12 @@
 """Volumes as image files in a directory; the base of `file` and
 `file-reflink`, which differ only in how they copy.
 
-Every step that publishes content is one privileged call that is atomic on
-its own (a clone built unnamed and then linked, a rename), ordered so that a
-crash between any two calls leaves either the old or the new committed
-state, which `tidy` then completes.
+Every step that publishes content is atomic on its own (a clone built
+unnamed and then linked, a rename), and the steps are ordered so that a
+crash between any two leaves either the old or the new committed state,
+which `tidy` then completes. The renames and removals of one commit are
+one privileged call (files.rotate), which makes each rename durable before
+the next step.
 """
 
 import dataclasses
@@ -65,37 +67,44 @@ class DirectoryVolume(base.Volume):
 
     def _publish_generation(self, listing, source_name, how):
         """Make ``source_name`` the next committed generation, then retire
-        the previous one. ``how`` is 'rename' or a clone mode."""
-        old = listing.current
-        new = self._path(layout.committed(listing.next_generation))
+        the previous one and drop the oldest revisions. ``how`` is
+        'rename' (then all of it is one root call) or a clone mode."""
+        new = layout.committed(listing.next_generation)
+        renames = []
         if how == 'rename':
-            files.rename(self._path(source_name), new, noreplace=True)
+            renames.append((source_name, new))
         else:
-            files.clone(self._path(source_name), new, how)
-        revisions = [r.entry['name'] for r in listing.revisions
-                     if r.entry['name'] != source_name]
-        if old is not None:
-            retired = self._retire(old[0], old[1]['name'])
-            revisions += [retired] if retired else []
-        self._prune(revisions)
+            files.clone(self._path(source_name), self._path(new), how)
+        retire, unlinks = self._retirement(
+            [listing.current] if listing.current else [],
+            [r.entry['name'] for r in listing.revisions
+             if r.entry['name'] != source_name])
+        self._rotate(renames + retire, unlinks)
 
-    def _retire(self, generation, name):
-        """Turn a superseded committed image into a revision (or drop it);
-        return the revision's name, if one was made."""
-        if self.config.revisions_to_keep > 0:
-            revision = layout.revision(generation)
-            files.rename(self._path(name), self._path(revision),
-                         noreplace=True)
-            return revision
-        files.unlink(self._path(name))
-        return None
+    def _retirement(self, superseded, revisions):
+        """(renames, unlinks) that turn the committed images ``superseded``
+        ((generation, entry) pairs) into revisions, or drop them, and drop
+        the oldest revisions beyond revisions_to_keep. ``revisions``: the
+        names there are, oldest first; None keeps them all."""
+        renames, unlinks = [], []
+        kept = list(revisions or ())
+        for generation, entry in superseded:
+            if self.config.revisions_to_keep > 0:
+                revision = layout.revision(generation)
+                renames.append((entry['name'], revision))
+                kept.append(revision)
+            else:
+                unlinks.append(entry['name'])
+        if revisions is not None:
+            kept.sort(key=_revision_order)
+            keep = max(self.config.revisions_to_keep, 0)
+            unlinks += kept[:max(len(kept) - keep, 0)]
+        return renames, unlinks
 
-    def _prune(self, revision_names):
-        """Unlink the oldest revisions beyond revisions_to_keep; names are
-        given oldest first."""
-        keep = max(self.config.revisions_to_keep, 0)
-        for name in revision_names[:max(len(revision_names) - keep, 0)]:
-            files.unlink(self._path(name))
+    def _rotate(self, renames, unlinks):
+        if renames or unlinks:
+            files.rotate(self.directory, [list(pair) for pair in renames],
+                         unlinks)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -151,26 +160,16 @@ class DirectoryVolume(base.Volume):
         ``listing``: the directory as just read, if it was."""
         if listing is None:
             listing = self.listing()
-        revisions = [r.entry['name'] for r in listing.revisions]
-        changed = False
-        for generation, entry in listing.committed[:-1]:
-            retired = self._retire(generation, entry['name'])
-            revisions += [retired] if retired else []
-            changed = True
-        for entry in listing.exports:
-            files.unlink(self._path(entry['name']))
-            changed = True
+        renames, unlinks = self._retirement(
+            listing.committed[:-1],
+            [r.entry['name'] for r in listing.revisions]
+            if self.config.kind == 'persistent' else None)
+        unlinks += [entry['name'] for entry in listing.exports]
         if not keep_import:
-            pending = listing.uploads + (
-                [listing.import_target] if listing.import_target else [])
-            for entry in pending:
-                files.unlink(self._path(entry['name']))
-                changed = True
-        if self.config.kind == 'persistent':
-            keep = max(self.config.revisions_to_keep, 0)
-            if len(revisions) > keep:
-                self._prune(sorted(revisions, key=_revision_order))
-                changed = True
+            unlinks += [entry['name'] for entry in listing.uploads + (
+                [listing.import_target] if listing.import_target else [])]
+        self._rotate(renames, unlinks)
+        changed = bool(renames or unlinks)
         return self.listing() if changed else listing
 
     def verify(self):
@@ -414,9 +413,9 @@ class DirectoryVolume(base.Volume):
         new = self._path(layout.committed(listing.next_generation))
         files.clone(self._path(entry['name']), new, self.pool.clone_mode,
                     size=size)
-        retired = self._retire(generation, entry['name'])
-        self._prune([r.entry['name'] for r in listing.revisions] +
-                    ([retired] if retired else []))
+        self._rotate(*self._retirement(
+            [(generation, entry)],
+            [r.entry['name'] for r in listing.revisions]))
 
     # -- state -------------------------------------------------------------
 

@@ -149,29 +149,80 @@ def rename(src, dst, noreplace=False):
     validate.flag(noreplace, 'noreplace')
     with paths.parent_of(src) as (src_parent, src_name), \
             paths.parent_of(dst) as (dst_parent, dst_name):
-        paths.check_regular(src, paths.lstat_in(src_parent, src_name, src),
-                            single_link=False)
-        try:
-            existing = os.stat(dst_name, dir_fd=dst_parent,
-                               follow_symlinks=False)
-        except FileNotFoundError:
-            existing = None
-        if existing is not None:
-            if noreplace:
-                raise errors.AlreadyExists(f'{dst}: already exists')
-            paths.check_regular(dst, existing, single_link=False)
-        with inuse.claimed_name(src_parent, src_name, src), \
-                inuse.claimed_name(dst_parent, dst_name, dst):
-            try:
-                _renameat2(src_parent, src_name, dst_parent, dst_name,
-                           _RENAME_NOREPLACE if noreplace else 0)
-            except OSError as err:
-                if err.errno == errno.EEXIST:
-                    raise errors.AlreadyExists(
-                        f'{dst}: already exists') from None
-                raise errors.PrivilegedError(
-                    f'rename {src} -> {dst}: {err.strerror}') from None
+        _rename_in(src_parent, src_name, src, dst_parent, dst_name, dst,
+                   noreplace)
         _fsync_dirs(src_parent, dst_parent)
+
+
+def _rename_in(src_parent, src_name, src, dst_parent, dst_name, dst,
+               noreplace):
+    paths.check_regular(src, paths.lstat_in(src_parent, src_name, src),
+                        single_link=False)
+    try:
+        existing = os.stat(dst_name, dir_fd=dst_parent,
+                           follow_symlinks=False)
+    except FileNotFoundError:
+        existing = None
+    if existing is not None:
+        if noreplace:
+            raise errors.AlreadyExists(f'{dst}: already exists')
+        paths.check_regular(dst, existing, single_link=False)
+    with inuse.claimed_name(src_parent, src_name, src), \
+            inuse.claimed_name(dst_parent, dst_name, dst):
+        try:
+            _renameat2(src_parent, src_name, dst_parent, dst_name,
+                       _RENAME_NOREPLACE if noreplace else 0)
+        except OSError as err:
+            if err.errno == errno.EEXIST:
+                raise errors.AlreadyExists(
+                    f'{dst}: already exists') from None
+            raise errors.PrivilegedError(
+                f'rename {src} -> {dst}: {err.strerror}') from None
+
+
+# A commit renames two names and removes a few: far below this.
+_MAX_ROTATION = 64
+
+
+def _names_in(directory, names, what):
+    """The paths of ``names``, each one name directly in ``directory``."""
+    if type(names) not in (list, tuple) or len(names) > _MAX_ROTATION:
+        raise errors.InvalidArgument(
+            f'{what} must be a list of at most {_MAX_ROTATION} names')
+    for name in names:
+        if type(name) is not str or '/' in name:
+            raise errors.PathRefused(
+                f'{what}: {name!r} is not one name in {directory}')
+        paths.split_beneath_root(f'{directory}/{name}')
+    return [f'{directory}/{name}' for name in names]
+
+
+@contexts.file_ops.entrypoint
+@audit.audited
+def rotate(directory, renames, unlinks=()):
+    """In one directory, rename regular files (never replacing one) in the
+    order given, the directory flushed after each, so each is durable
+    before the next change; then remove the files ``unlinks`` names, with
+    one flush for them all. ``renames``: [old name, new name] pairs. A
+    commit (the new generation named, the old one retired, the oldest
+    revisions dropped) is then one call, not one per name. Every name is
+    checked before anything changes; a step that fails stops the
+    rotation, and the steps before it stay done."""
+    if type(renames) not in (list, tuple) or not all(
+            type(pair) in (list, tuple) and len(pair) == 2
+            for pair in renames):
+        raise errors.InvalidArgument('renames must be [old, new] pairs')
+    sources = _names_in(directory, [old for old, _ in renames], 'renames')
+    targets = _names_in(directory, [new for _, new in renames], 'renames')
+    removals = _names_in(directory, unlinks, 'unlinks')
+    with paths.directory(directory) as parent:
+        for (old, new), src, dst in zip(renames, sources, targets):
+            _rename_in(parent, old, src, parent, new, dst, True)
+            paths.fsync_directory(parent)
+        for name, path in zip(unlinks, removals):
+            _unlink_in(parent, name, path)
+        if unlinks:
+            paths.fsync_directory(parent)
 
 
 @contexts.file_ops.entrypoint
@@ -203,16 +254,20 @@ def remove_file(path, held=None):
     ``held``: the stat of an inode the caller itself holds in use; the
     name is removed only while it still leads to that inode."""
     with paths.parent_of(path) as (parent, name):
-        st = paths.lstat_in(parent, name, path)
-        paths.check_regular(path, st, single_link=False)
-        if held is not None:
-            if (st.st_dev, st.st_ino) != (held.st_dev, held.st_ino):
-                raise errors.InUse(f'{path}: was replaced while in use')
-            os.unlink(name, dir_fd=parent)
-        else:
-            with inuse.claimed_name(parent, name, path):
-                os.unlink(name, dir_fd=parent)
+        _unlink_in(parent, name, path, held)
         paths.fsync_directory(parent)
+
+
+def _unlink_in(parent, name, path, held=None):
+    st = paths.lstat_in(parent, name, path)
+    paths.check_regular(path, st, single_link=False)
+    if held is not None:
+        if (st.st_dev, st.st_ino) != (held.st_dev, held.st_ino):
+            raise errors.InUse(f'{path}: was replaced while in use')
+        os.unlink(name, dir_fd=parent)
+    else:
+        with inuse.claimed_name(parent, name, path):
+            os.unlink(name, dir_fd=parent)
 
 
 @contexts.file_ops.entrypoint

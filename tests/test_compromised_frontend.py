@@ -232,7 +232,7 @@ def test_single_image_jobs_never_reach_host_files(xfs_dir, host, hostile,
 
 def test_a_file_in_use_cannot_be_changed(xfs_dir, rig):
     """While a job holds a file, write_at, truncate, rename (either way),
-    link and unlink refuse with InUse; afterwards they work again."""
+    link, unlink and rotate refuse with InUse; afterwards they work again."""
     files.create(f'{xfs_dir}/held', MiB)
     files.create(f'{xfs_dir}/other', MiB)
     before = rig.tree(xfs_dir)
@@ -246,7 +246,9 @@ def test_a_file_in_use_cannot_be_changed(xfs_dir, rig):
                                           f'{xfs_dir}/held'),
                      lambda: files.link(f'{xfs_dir}/held',
                                         f'{xfs_dir}/alias'),
-                     lambda: files.unlink(f'{xfs_dir}/held')):
+                     lambda: files.unlink(f'{xfs_dir}/held'),
+                     lambda: files.rotate(xfs_dir, [['held', 'moved']]),
+                     lambda: files.rotate(xfs_dir, [], ['held'])):
             with pytest.raises(errors.InUse):
                 call()
         assert rig.tree(xfs_dir) == before

@@ -8,6 +8,15 @@ from volsep.privileged import errors
 from volsep.privileged import files
 from volsep.privileged import qemu
 
+
+
+def _in_directory(path, renames, unlink):
+    """files.rotate's arguments for the file ``path``: its directory, the
+    renames ``renames`` makes of its name, and its unlink if ``unlink``."""
+    directory, _, name = path.rpartition('/')
+    return directory, renames(name), [name] if unlink else []
+
+
 # name -> function of (hostile path, a good file, a fresh good name)
 OPERATIONS = {
     'create': lambda p, good, new: files.create(p, 4096),
@@ -19,6 +28,10 @@ OPERATIONS = {
     'link-src': lambda p, good, new: files.link(p, new),
     'link-dst': lambda p, good, new: files.link(good, p),
     'unlink': lambda p, good, new: files.unlink(p),
+    'rotate-rename': lambda p, good, new: files.rotate(
+        *_in_directory(p, lambda name: [[name, 'fresh']], False)),
+    'rotate-unlink': lambda p, good, new: files.rotate(
+        *_in_directory(p, lambda name: [], True)),
     'fsync': lambda p, good, new: files.fsync(p),
     'mkdir': lambda p, good, new: files.mkdir(p),
     'rmdir': lambda p, good, new: files.rmdir(p),
@@ -33,7 +46,8 @@ OPERATIONS = {
 }
 # Operations that only change names, never data: a second hard link of a
 # host file may be renamed or unlinked without the host file changing.
-NAME_ONLY = {'rename-src', 'rename-dst', 'unlink', 'fsync'}
+NAME_ONLY = {'rename-src', 'rename-dst', 'unlink', 'fsync', 'rotate-rename',
+             'rotate-unlink'}
 
 CASES = ['outside', 'dotdot', 'absolute-escape', 'relative', 'symlink-last',
          'symlink-middle', 'device', 'fifo', 'hardlink-outside', 'empty',
@@ -203,3 +217,64 @@ def test_list_tree_never_descends_a_symlink(plain_dir, outside_dir, rig):
     assert [e['name'] for e in tree['dom/vol']] == ['c1.img']
     with pytest.raises(errors.InvalidArgument):
         files.list_tree(plain_dir, 7)
+
+
+@pytest.mark.parametrize('renames,unlinks', [
+    ([['good', '../escaped']], []),
+    ([['good', 'sub/deeper']], []),
+    ([['../good', 'fresh']], []),
+    ([['good', '']], []),
+    ([['good', '.']], []),
+    ([], ['../good']),
+    ([], ['/etc/passwd']),
+    ([], ['a\nb']),
+    ([['good']], []),
+    ([['good', 'fresh', 'extra']], []),
+    ('good', []),
+    ([['good', 7]], []),
+    ([], 'good'),
+    ([], [None]),
+    ([['good', 'fresh']], ['spare'] * 65),
+])
+def test_a_rotation_with_any_bad_name_changes_nothing(renames, unlinks,
+                                                       plain_dir, rig):
+    """Every name is checked before the first change: a good rename
+    listed before a hostile one does not happen either."""
+    files.create(f'{plain_dir}/good', 4096)
+    files.create(f'{plain_dir}/spare', 4096)
+    good_first = [['spare', 'moved']] if isinstance(renames, list) else \
+        renames
+    before = rig.tree(plain_dir)
+    with pytest.raises(errors.PrivilegedError) as info:
+        files.rotate(plain_dir, good_first + renames
+                     if isinstance(renames, list) else renames, unlinks)
+    assert str(info.value)
+    assert rig.tree(plain_dir) == before
+
+
+def test_a_rotation_never_replaces_and_stops_at_the_first_failure(
+        plain_dir, rig):
+    for name in ('w', 'c1', 'c2', 'r0'):
+        rig.write(f'{plain_dir}/{name}', name.encode())
+    with pytest.raises(errors.AlreadyExists):
+        files.rotate(plain_dir, [['w', 'c3'], ['c1', 'c2']], ['r0'])
+    # The first rename was done and stays; nothing after the failure.
+    assert sorted(rig.tree(plain_dir)) == ['c1', 'c2', 'c3', 'r0']
+    assert rig.read(f'{plain_dir}/c2') == b'c2'
+    files.rotate(plain_dir, [['c2', 'r2']], ['r0', 'c1'])
+    assert sorted(rig.tree(plain_dir)) == ['c3', 'r2']
+    assert rig.read(f'{plain_dir}/r2') == b'c2'
+
+
+def test_a_rotation_refuses_what_is_no_regular_file_of_its_own(
+        plain_dir, outside_dir, rig):
+    files.mkdir(f'{plain_dir}/sub')
+    rig.symlink(f'{outside_dir}/secret', f'{plain_dir}/link')
+    rig.mkfifo(f'{plain_dir}/fifo')
+    before = rig.tree(plain_dir), rig.tree(outside_dir)
+    for renames, unlinks in (([['sub', 'moved']], []), ([], ['sub']),
+                             ([['link', 'moved']], []), ([], ['link']),
+                             ([['fifo', 'moved']], []), ([], ['fifo'])):
+        with pytest.raises(errors.PathRefused):
+            files.rotate(plain_dir, renames, unlinks)
+    assert (rig.tree(plain_dir), rig.tree(outside_dir)) == before
