@@ -5,7 +5,8 @@ privileged/lvm_names.py); the newest is its content, the older ones its
 revisions. Everything that changes the content builds the next generation
 as +t (a thin snapshot or a new thin LV) and publishes it with one
 lvrename, the commit point; superseded generations beyond
-revisions_to_keep are removed afterwards. A crash between any two root
+revisions_to_keep are removed afterwards, by the same root call
+(lvm.commit). A crash between any two root
 calls therefore leaves the old or the new generation, and `tidy` removes
 what was left half-built. Generation numbers only grow: the newest is
 never removed while the volume exists.
@@ -59,18 +60,23 @@ class LvmThinVolume(base.Volume):
                 f'pool {self.pool.vg}/{self.pool.thin_pool}')
         return current
 
-    def _publish(self, listing):
-        """Make +t the next generation (the commit point), then drop what
-        it supersedes beyond revisions_to_keep."""
-        generation = listing.next_generation
-        lvm.rename(self._lv('t'), lvm_names.generation_suffix(generation))
-        self._prune(sorted(listing.generations))
+    def _publish(self, listing, suffix='t'):
+        """Make the LV ``suffix`` (+t, or a stopped volume's +w) the next
+        generation (the commit point) and drop what it supersedes beyond
+        revisions_to_keep, in one root call."""
+        lvm.commit(self._lv(suffix),
+                   lvm_names.generation_suffix(listing.next_generation),
+                   [lvm_names.generation_suffix(g) for g in
+                    self._superseded(sorted(listing.generations))])
+
+    def _superseded(self, older):
+        """The oldest of ``older`` (generations that are no longer the
+        newest) beyond revisions_to_keep."""
+        keep = max(self.config.revisions_to_keep, 0)
+        return older[:max(len(older) - keep, 0)]
 
     def _prune(self, older):
-        """Remove the oldest of ``older`` (generations that are no longer
-        the newest) beyond revisions_to_keep."""
-        keep = max(self.config.revisions_to_keep, 0)
-        for generation in older[:max(len(older) - keep, 0)]:
+        for generation in self._superseded(older):
             lvm.remove(self._generation_lv(generation))
 
     # -- lifecycle ---------------------------------------------------------
@@ -173,9 +179,7 @@ class LvmThinVolume(base.Volume):
             # inactive after a reboot).
             if listing.working['active']:
                 lvm.flush(self._lv('w'))
-            lvm.rename(self._lv('w'), lvm_names.generation_suffix(
-                listing.next_generation))
-            self._prune(sorted(listing.generations))
+            self._publish(listing, 'w')
         else:
             lvm.remove(self._lv('w'))
 

@@ -70,9 +70,12 @@ def _existing(address):
     """The report row of the LV ``address``; NotFound if there is none,
     PathRefused if an LV of that name is not a thin LV of its pool."""
     rows = lvm_tool.report('lvs', _LV_FIELDS, address.full)
-    if not rows:
+    return _thin_lv(address, rows[0] if rows else None)
+
+
+def _thin_lv(address, row):
+    if row is None:
         raise errors.NotFound(f'no LV {address.full}')
-    row = rows[0]
     if row['segtype'] != 'thin' or row['pool_lv'] != address.pool:
         raise errors.PathRefused(
             f'{address.full} is not a thin LV of {address.vg}/'
@@ -156,16 +159,42 @@ def snapshot(origin, lv, active):
                                           source.full])
 
 
+# A commit supersedes at most the revisions a volume keeps beyond its
+# setting: a handful, far below this.
+_MAX_DROPS = 64
+
+
 @contexts.file_ops.entrypoint
 @audit.audited
-def rename(lv, new_suffix):
+def commit(lv, new_suffix, drop_suffixes):
     """Rename ``lv`` to the same volume's LV with ``new_suffix``, which
-    must not exist: the step that publishes a generation."""
+    must not exist (the step that publishes a generation), then remove
+    the volume's LVs with ``drop_suffixes`` (the generations the new one
+    supersedes): the commit point and its clean-up as one call, every LV checked by one report of the volume
+    group, the removals done by one lvremove. A failed rename removes
+    nothing; a removal that fails leaves the rename done."""
     address = _address(lv)
     target = address.with_suffix(new_suffix)
-    _existing(address)
+    if type(drop_suffixes) not in (list, tuple) or \
+            len(drop_suffixes) > _MAX_DROPS:
+        raise errors.InvalidArgument(
+            f'drop_suffixes must be a list of at most {_MAX_DROPS} suffixes')
+    drops = [address.with_suffix(s) for s in drop_suffixes]
+    if {d.lv for d in drops} & {address.lv, target.lv} or \
+            len({d.lv for d in drops}) != len(drops):
+        raise errors.InvalidArgument(
+            f'{lv}: drop_suffixes must name other LVs than the renamed '
+            f'one, each once')
+    rows = {row['lv_name']: row
+            for row in lvm_tool.report('lvs', _LV_FIELDS, address.vg)}
+    for each in [address] + drops:
+        _thin_lv(each, rows.get(each.lv))
+    if target.lv in rows:
+        raise errors.AlreadyExists(f'{target.full} already exists')
     lvm_device.devices.close_volume(address)
     lvm_tool.run('lvrename', [address.vg, address.lv, target.lv])
+    if drops:
+        lvm_tool.run('lvremove', ['--force'] + [d.full for d in drops])
 
 
 @contexts.file_ops.entrypoint

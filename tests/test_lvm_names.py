@@ -90,7 +90,7 @@ def test_hostile_lv_addresses_are_refused(address):
     lambda: lvm.create('volsep_vg/tpool/d/v/t', 1 << 20, False),
     lambda: lvm.snapshot('volsep_vg/tpool/d/v/c1', 'volsep_vg/tpool/d/v/w',
                          True),
-    lambda: lvm.rename('volsep_vg/tpool/d/v/w', 'c2'),
+    lambda: lvm.commit('volsep_vg/tpool/d/v/w', 'c2', ['c1']),
     lambda: lvm.resize('volsep_vg/tpool/d/v/c1', 2 << 20, False),
     lambda: lvm.activate('volsep_vg/tpool/d/v/c1', True),
     lambda: lvm.remove('volsep_vg/tpool/d/v/c1'),

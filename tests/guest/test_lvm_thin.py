@@ -408,13 +408,15 @@ def test_root_side_never_touches_an_lv_outside_an_allowed_thin_pool(rig):
     # And a plain (non-thin) check: a look-alike in the allowed pool's VG
     # that is no thin LV of it cannot be made here without space, so the
     # denied pool stands for "anywhere else".
+    lvm.create(_addr(domain, 'root', 'c3'), 4 * MiB, False)
     before = lh.lvs(rig)
     attempts = [
         lambda: lvm.report(lh.VG, lh.DENIED),
         lambda: lvm.remove(_addr(domain, 'root', 'c1', lh.DENIED)),
         lambda: lvm.snapshot(_addr(domain, 'root', 'c1', lh.DENIED),
                              _addr(domain, 'root', 'w'), True),
-        lambda: lvm.rename(_addr(domain, 'root', 'c1', lh.DENIED), 'c2'),
+        lambda: lvm.commit(_addr(domain, 'root', 'c1', lh.DENIED), 'c2',
+                           []),
         lambda: lvm.activate(_addr(domain, 'root', 'c1', lh.DENIED), True),
         lambda: lvm.resize(_addr(domain, 'root', 'c1', lh.DENIED), 8 * MiB,
                            False),
@@ -428,7 +430,9 @@ def test_root_side_never_touches_an_lv_outside_an_allowed_thin_pool(rig):
             lambda: lvm.remove(_addr(domain, 'root', 'c1')),
             lambda: lvm.snapshot(_addr(domain, 'root', 'c1'),
                                  _addr(domain, 'root', 'w'), True),
-            lambda: lvm.rename(_addr(domain, 'root', 'c1'), 'c2'),
+            lambda: lvm.commit(_addr(domain, 'root', 'c1'), 'c2', []),
+            # A good LV to publish, but a removal of the one outside.
+            lambda: lvm.commit(_addr(domain, 'root', 'c3'), 'c4', ['c1']),
             lambda: lvm.activate(_addr(domain, 'root', 'c1'), True),
             lambda: lvm.resize(_addr(domain, 'root', 'c1'), 8 * MiB, True)):
         with pytest.raises(root_errors.PathRefused, match='not a thin LV'):
@@ -437,6 +441,7 @@ def test_root_side_never_touches_an_lv_outside_an_allowed_thin_pool(rig):
     assert after.keys() == before.keys()
     assert after[outside] == before[outside]
     lh.lvm(rig, 'lvremove', '-f', f'{lh.VG}/{outside}')
+    lvm.remove(_addr(domain, 'root', 'c3'))
 
 
 def test_root_side_refuses_hostile_arguments(rig):
@@ -452,9 +457,19 @@ def test_root_side_refuses_hostile_arguments(rig):
         (lambda: lvm.create(_addr(domain, 'v', 't'), True, False), 'integer'),
         (lambda: lvm.create(_addr(domain, 'v', 't'), 4 * MiB, 'yes'),
          'boolean'),
-        (lambda: lvm.rename(_addr(domain, 'v', 'c1'), '../x'),
+        (lambda: lvm.commit(_addr(domain, 'v', 'c1'), '../x', []),
          'is not VG/POOL'),
-        (lambda: lvm.rename(_addr(domain, 'v', 'c1'), 'c0'), 'suffix'),
+        (lambda: lvm.commit(_addr(domain, 'v', 'c1'), 'c0', []), 'suffix'),
+        (lambda: lvm.commit(_addr(domain, 'v', 'c1'), 'c2', ['../c3']),
+         'is not VG/POOL'),
+        (lambda: lvm.commit(_addr(domain, 'v', 'c1'), 'c2', ['c2']),
+         'other LVs'),
+        (lambda: lvm.commit(_addr(domain, 'v', 'c1'), 'c2', ['c1']),
+         'other LVs'),
+        (lambda: lvm.commit(_addr(domain, 'v', 'c1'), 'c2', 'c1'),
+         'must be a list'),
+        (lambda: lvm.commit(_addr(domain, 'v', 'c1'), 'c2', ['w'] * 65),
+         'must be a list'),
         (lambda: lvm.create(f'{lh.VG}/{lh.THIN_POOL}/{domain}/v/t;rm',
                             4 * MiB, False), 'suffix'),
         (lambda: lvm.write_at(_addr(domain, 'v', 'c1'), 0, b'x'),
@@ -470,6 +485,9 @@ def test_root_side_refuses_hostile_arguments(rig):
         lvm.create(_addr(domain, 'v', 'c1'), 4 * MiB, False)
     with pytest.raises(root_errors.NotFound):
         lvm.remove(_addr(domain, 'v', 'c7'))
+    # A removal that cannot be done is found before the rename.
+    with pytest.raises(root_errors.NotFound):
+        lvm.commit(_addr(domain, 'v', 'c1'), 'c2', ['c7'])
     assert lh.lvs(rig).keys() == before.keys()
     lvm.remove(_addr(domain, 'v', 'c1'))
     assert lvm_names.lv_name(domain, 'v', 'c1') not in lh.lvs(rig)
