@@ -56,6 +56,9 @@ def _pools_named(manager, args):
     return ('pool ' + ', '.join(names)) if names else 'a pool'
 
 
+# At most this many volume actions of domain starts and stops run at once;
+# more wait their turn.
+_VOLUME_WORKERS = 64
 LOG = logging.getLogger('volsep.manager')
 
 def _contract_errors(cls):
@@ -128,6 +131,12 @@ class Manager:
         # A domain's start and stop exclude each other; its volumes still
         # start in parallel under their own locks.
         self._domain_locks = collections.defaultdict(threading.Lock)
+        # Where the volumes of a domain start and stop side by side. One
+        # pool for all: starting threads for each call cost more CPU than
+        # the calls' own work. No action waits for another, so a busy pool
+        # only queues.
+        self._volume_workers = concurrent.futures.ThreadPoolExecutor(
+            _VOLUME_WORKERS, thread_name_prefix='volsep-volume')
         self._importing = {}  # vid -> _PendingImport
         # vid -> exports reading the committed image itself (export_direct)
         self._direct_exports = collections.Counter()
@@ -1127,15 +1136,13 @@ class Manager:
             raise errors.VolumeNotFound(f'domain {name} has no volumes') \
                 from None
 
-    @staticmethod
-    def _all(configs, action):
+    def _all(self, configs, action):
         """Run action on every volume in parallel; wait for all; raise the
         first error (in volume order); return results in that order."""
         if len(configs) < 2:  # no thread for a lone volume
             return [action(c) for c in configs]
-        with concurrent.futures.ThreadPoolExecutor(len(configs)) as pool:
-            futures = [pool.submit(action, c) for c in configs]
-            concurrent.futures.wait(futures)
+        futures = [self._volume_workers.submit(action, c) for c in configs]
+        concurrent.futures.wait(futures)
         for future in futures:
             if future.exception() is not None:
                 raise future.exception()
