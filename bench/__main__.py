@@ -21,6 +21,7 @@ BENCHMARKS = {
     'commit-cycle': storage.cycle,
     'snapshot-start': storage.snapshot_start,
     'streams': service.streams,
+    'reflink-import': service.reflink_import,
     'ten-thousand': service.ten_thousand,
     'image-inspection': images.inspection,
     'qcow2-import': images.qcow2_import,

@@ -52,7 +52,7 @@ def _spread_image(path, size, extents):
         os.close(fd)
 
 
-def _raw_ficlone(src, directory):
+def raw_ficlone(src, directory):
     def run():
         sfd = os.open(src, os.O_RDONLY)
         dfd = os.open(directory, os.O_TMPFILE | os.O_RDWR, 0o600)
@@ -99,7 +99,7 @@ def clone(repeat=30):
             files.clone(src, dst, 'always')
             os.unlink(dst)
         raw, seq, via = timing.interleaved_medians(
-            [_raw_ficlone(src, directory),
+            [raw_ficlone(src, directory),
              _same_sequence_in_process(src, directory), entry],
             repeat, block=5)
         timing.report('raw FICLONE in-process (baseline)', raw, raw, 'ms')

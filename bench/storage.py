@@ -92,7 +92,7 @@ def snapshot_start(repeat=10):
             mgr.start_domain(dom)
             mgr.stop_domain(dom)
         raw, started = timing.interleaved_medians(
-            [privileged_calls._raw_ficlone(source, directory), start_stop],
+            [privileged_calls.raw_ficlone(source, directory), start_stop],
             repeat, block=2)
         print(f'  -- {size // GiB} GiB source, {extents} extents')
         timing.report('raw FICLONE of the source (baseline)', raw, raw, 'ms')

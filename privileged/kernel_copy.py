@@ -1,14 +1,15 @@
 """Moving bytes between open descriptors inside the kernel.
 
-Regular files: copy_file_range (which shares extents on XFS and btrfs, so
-only where the pool may share: ``share``) or sendfile, over the data
-segments SEEK_DATA/SEEK_HOLE report, and past all-zero blocks, so the
-target stays sparse (the zero check reads a few bytes of each block, and
-all of it only where those are zeros; the copy itself stays in the
-kernel). Pipes: splice with SPLICE_F_NONBLOCK and
-poll(), so a pipe whose other end never moves fails after ``stall``
-seconds instead of holding the thread; the pipe's own O_NONBLOCK is left
-alone, since that flag belongs to the caller's open file.
+Regular files: where the pool may share extents (``share``), one FICLONE
+for a whole file, else copy_file_range (which shares extents on XFS and
+btrfs); or sendfile, over the data segments SEEK_DATA/SEEK_HOLE report,
+and past all-zero blocks, so the target stays sparse (the zero check
+reads a few bytes of each block, and all of it only where those are
+zeros; the copy itself stays in the kernel). Pipes: splice with
+SPLICE_F_NONBLOCK and poll(), so a pipe whose other end never moves fails
+after ``stall`` seconds instead of holding the thread; the pipe's own
+O_NONBLOCK is left alone, since that flag belongs to the caller's open
+file.
 
 Progress is visible to the caller through the file offset of a regular
 file it handed over: it is moved past each window copied (the copy uses
@@ -80,12 +81,24 @@ def _write_behind(fd, offset, length):
     os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
 
 
+def _whole_file(src, src_start, dst, dst_start, size):
+    """Whether the copy is all of ``src`` onto all of ``dst``."""
+    return (src_start == dst_start == 0 and
+            os.fstat(src).st_size == os.fstat(dst).st_size == size)
+
+
 def file_to_file(src, src_start, dst, dst_start, size, share,
                  detect_zeros, progress_fd):
     """Copy ``size`` bytes of ``src`` from ``src_start`` to ``dst`` at
     ``dst_start``; ``dst`` must read as zeros there already (holes).
     ``progress_fd`` (``src`` or ``dst``) has its offset moved along."""
     progress_base = src_start if progress_fd == src else dst_start
+    if share and _whole_file(src, src_start, dst, dst_start, size) and \
+            copying.reflink(src, dst):
+        # One FICLONE shares every extent at once and keeps the holes:
+        # window by window, a big file cost a thousand calls.
+        os.lseek(progress_fd, progress_base + size, os.SEEK_SET)
+        return
     for seg_start, seg_end in _segments(src, src_start, src_start + size):
         offset = seg_start
         while offset < seg_end:

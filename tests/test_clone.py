@@ -16,7 +16,7 @@ def _spread_image(rig, path, size=256 * MiB, pieces=64):
         rig.pwrite(path, i * step, bytes([i % 251 + 1]) * 8192)
 
 
-def _extents(rig, path):
+def extents(rig, path):
     rc, out, err = rig.run(['filefrag', '-v', path])
     assert rc == 0, err
     rows = [line for line in out.decode().splitlines()
@@ -29,7 +29,7 @@ def test_reflink_clone_shares_every_extent(fs, pool_dir_on, rig):
     d = pool_dir_on(fs)
     _spread_image(rig, f'{d}/src')
     assert files.clone(f'{d}/src', f'{d}/dst', 'always') == 'reflink'
-    rows = _extents(rig, f'{d}/dst')
+    rows = extents(rig, f'{d}/dst')
     assert len(rows) >= 32
     assert all('shared' in row for row in rows), rows
     assert rig.sha256(f'{d}/dst') == rig.sha256(f'{d}/src')
@@ -40,7 +40,7 @@ def test_never_makes_an_independent_sparse_copy(fs, pool_dir_on, rig):
     d = pool_dir_on(fs)
     _spread_image(rig, f'{d}/src')
     assert files.clone(f'{d}/src', f'{d}/dst', 'never') == 'copy'
-    rows = _extents(rig, f'{d}/dst')
+    rows = extents(rig, f'{d}/dst')
     assert rows and not any('shared' in row for row in rows), rows
     assert rig.sha256(f'{d}/dst') == rig.sha256(f'{d}/src')
     src, dst = rig.lstat(f'{d}/src'), rig.lstat(f'{d}/dst')

@@ -15,6 +15,7 @@ import time
 import pytest
 
 from tests import service_helpers as sh
+from tests import test_clone
 from tests.test_service import EVERYONE
 
 MiB = 1 << 20
@@ -134,6 +135,33 @@ def test_file_import_is_one_root_call_with_no_chunks(service, rig,
     assert 'write_at' not in calls
     path = service.json('volume', 'info', 'vm:root')['path']
     assert rig.sha256(path) == hashlib.sha256(data).hexdigest()
+
+
+def test_a_file_on_the_pools_filesystem_is_imported_as_shared_extents(
+        service, rig):
+    """The default pool (file-reflink) and the caller's file share an XFS:
+    the import shares the file's extents (one FICLONE), keeps its hole,
+    and is still the volume's own: a later write to the file changes
+    nothing of it."""
+    directory = f'{service.state_dir}-caller'
+    rig.mkdir(directory)
+    source = f'{directory}/image.raw'
+    head, tail = os.urandom(4 * MiB), os.urandom(MiB)
+    rig.write(source, head, 0o644)
+    rig.pwrite(source, SIZE - MiB, tail)   # a hole of 11 MiB between
+    try:
+        rc, _, err = _cli(service, 'volume', 'import', 'vm:root', source)
+        assert rc == 0, err
+        path = service.json('volume', 'info', 'vm:root')['path']
+        expected = head + bytes(SIZE - 5 * MiB) + tail
+        assert rig.sha256(path) == hashlib.sha256(expected).hexdigest()
+        rows = test_clone.extents(rig, path)
+        assert rows and all('shared' in row for row in rows), rows
+        assert rig.lstat(path)['blocks'] * 512 <= 6 * MiB
+        rig.pwrite(source, 0, bytes(MiB))
+        assert rig.sha256(path) == hashlib.sha256(expected).hexdigest()
+    finally:
+        rig.rmtree(directory)
 
 
 def test_qcow2_import_and_export_go_by_descriptor(service, rig, tmp_path):
