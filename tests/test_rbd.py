@@ -70,11 +70,12 @@ class Host:
             f'monitors={CEPH["monitors"]}', '-o', f'secret_uuid={SECRET}',
             '-o', f'staging_dir={self.staging_dir}')
 
-    def j(self, *args):
-        return self.service.json(*args)
+    def j(self, *args, input_data=None):
+        return self.service.json(*args, input_data=input_data)
 
-    def fails(self, *args):
-        rc, out, err = self.service.cli(*args, '-f', 'json')
+    def fails(self, *args, input_data=None):
+        rc, out, err = self.service.cli(*args, '-f', 'json',
+                                        input_data=input_data)
         assert rc == 1, (args, rc, out, err)
         return json.loads(out)
 
@@ -655,3 +656,86 @@ def test_a_clone_keeps_the_revisions_of_the_volume_it_replaces(hosts,
     assert not [n for n in _rbd('ls', CEPH['pool']).split()
                 if n.startswith(f'{dst}+')]
     assert _image_bytes(f'{src}+root+d') == b'S' * MiB
+
+
+def _export(host, address, tmp_path):
+    out = tmp_path / f'{uuid.uuid4().hex[:8]}.raw'
+    host.j('volume', 'export', address, str(out))
+    return out.read_bytes()
+
+
+def test_resize_as_the_file_drivers_do(hosts, tmp_path):
+    """Scenarios 34-36 and 39 on an rbd volume: growing adds zeros and
+    leaves the old generation as it was, shrinking needs --force, a
+    running volume grows at once and keeps its size at the stop, and a
+    bad size changes nothing."""
+    a = hosts('host-a')
+    dom = _domain()
+    address = f'{dom}:root'
+    a.j('volume', 'create', address, '--pool', 'ceph', '--size', '2M',
+        '--revisions-to-keep', '1')
+    data = os.urandom(2 * MiB)
+    a.j('volume', 'import', address, '-', '--size', str(2 * MiB),
+        input_data=data)
+    a.j('volume', 'resize', address, '4M')
+    assert a.j('volume', 'info', address)['size'] == 4 * MiB
+    assert _export(a, address, tmp_path) == data + bytes(2 * MiB)
+    revision = a.j('volume', 'revisions', address)[-1]['id']
+    a.j('volume', 'revert', address, str(revision))   # the old generation
+    assert _export(a, address, tmp_path) == data
+    assert a.fails('volume', 'resize', address, '1M')['error'] == \
+        'InvalidArgument'
+    for bad in ('-1', '1.5', '1' * 20):
+        rc, _, err = a.service.cli('volume', 'resize', address, bad)
+        assert rc in (1, 2) and 'size' in err, err
+    assert a.j('volume', 'info', address)['size'] == 2 * MiB
+    a.j('volume', 'resize', address, '1M', '--force')
+    assert _export(a, address, tmp_path) == data[:MiB]
+    a.j('domain', 'start', dom)
+    a.j('volume', 'resize', address, '3M')
+    assert a.j('volume', 'info', address)['size'] == 3 * MiB
+    a.j('domain', 'stop', dom)
+    assert a.j('volume', 'info', address)['size'] == 3 * MiB
+    assert _export(a, address, tmp_path) == data[:MiB] + bytes(2 * MiB)
+
+
+def test_imports_exports_and_reverts_as_the_file_drivers_do(hosts,
+                                                            tmp_path):
+    """Scenarios 14, 22, 24, 28, 31 and 11 on rbd volumes:
+    revisions_to_keep=0 keeps none, a short import stream changes
+    nothing, a running volume refuses imports and reverts while its
+    export still gives what was committed before the start, and removing
+    the volumes leaves none of their images."""
+    a = hosts('host-a')
+    dom = _domain()
+    address = f'{dom}:root'
+    a.j('volume', 'create', address, '--pool', 'ceph', '--size', '1M',
+        '--revisions-to-keep', '1')
+    a.j('volume', 'create', f'{dom}:none', '--pool', 'ceph', '--size',
+        '1M', '--revisions-to-keep', '0')
+    for _ in range(2):
+        a.j('volume', 'import', f'{dom}:none', '-', '--size', str(MiB),
+            input_data=os.urandom(MiB))
+    assert a.j('volume', 'revisions', f'{dom}:none') == []
+    first = os.urandom(MiB)
+    a.j('volume', 'import', address, '-', '--size', str(MiB),
+        input_data=first)
+    before = a.j('volume', 'info', address)
+    rc, _, err = a.service.cli('volume', 'import', address, '-', '--size',
+                               str(MiB), input_data=first[:MiB // 2])
+    assert rc == 1 and err, err
+    assert a.j('volume', 'info', address) == before
+    assert _export(a, address, tmp_path) == first
+    a.j('volume', 'import', address, '-', '--size', str(MiB),
+        input_data=os.urandom(MiB))
+    committed = _export(a, address, tmp_path)
+    a.j('domain', 'start', dom)
+    assert a.fails('volume', 'import', address, '-', '--size', str(MiB),
+                   input_data=first)['error'] == 'VolumeBusy'
+    assert a.fails('volume', 'revert', address)['error'] == 'VolumeBusy'
+    assert _export(a, address, tmp_path) == committed
+    a.j('domain', 'stop', dom)
+    for name in ('root', 'none'):
+        a.j('volume', 'remove', f'{dom}:{name}')
+    assert not [name for name in _rbd('ls', CEPH['pool']).split()
+                if name.startswith(f'{dom}+')]
