@@ -170,9 +170,10 @@ def commit(lv, new_suffix, drop_suffixes):
     """Rename ``lv`` to the same volume's LV with ``new_suffix``, which
     must not exist (the step that publishes a generation), then remove
     the volume's LVs with ``drop_suffixes`` (the generations the new one
-    supersedes): the commit point and its clean-up as one call, every LV checked by one report of the volume
-    group, the removals done by one lvremove. A failed rename removes
-    nothing; a removal that fails leaves the rename done."""
+    supersedes): the commit point and its clean-up as one call, every
+    LV checked by one report of the volume group, the removals done by
+    one lvremove. A failed rename removes nothing; a removal that fails
+    leaves the rename done."""
     address = _address(lv)
     target = address.with_suffix(new_suffix)
     if type(drop_suffixes) not in (list, tuple) or \

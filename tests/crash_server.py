@@ -95,11 +95,13 @@ def lvm_cleanup(spec):
         ['/sbin/lvm', 'lvs', '--config', config, '--noheadings', '-o',
          'lv_name', lvm_helpers.VG], env=env, capture_output=True,
         check=True).stdout.decode().split()
-    for name in listed:
-        if name.startswith(tuple(spec['prefixes'])):
-            subprocess.run(['/sbin/lvm', 'lvremove', '--config', config,
-                            '-f', f'{lvm_helpers.VG}/{name}'], env=env,
-                           capture_output=True, check=True)
+    # All in one lvremove: each lvm command costs about a second in the
+    # guest.
+    doomed = [f'{lvm_helpers.VG}/{name}' for name in listed
+              if name.startswith(tuple(spec['prefixes']))]
+    if doomed:
+        subprocess.run(['/sbin/lvm', 'lvremove', '--config', config, '-f',
+                        *doomed], env=env, capture_output=True, check=True)
     return {'rc': 0, 'events': {}, 'stderr': ''}
 
 
