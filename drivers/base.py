@@ -86,7 +86,15 @@ class Volume:
     verify() checks that the volume can start and returns what it read of
     the volume's own storage, or None; the frontend hands that to
     start(verified) when nothing has changed the volume in between, else
-    start(None), and start reads afresh."""
+    start(None), and start reads afresh.
+
+    A driver that knows what its start() or stop() left in the volume's
+    storage without reading it sets ``left`` to that; the frontend hands
+    it to the next verify(known) or stop(known) of the volume while no
+    lock holder has changed the volume in between, which then need not
+    read it either (a driver may ignore ``known``)."""
+
+    left = None
 
     def __init__(self, pool, config):
         self.pool = pool

@@ -65,21 +65,18 @@ class DirectoryVolume(base.Volume):
             except root_errors.AlreadyExists:
                 pass
 
-    def _publish_generation(self, listing, source_name, how):
-        """Make ``source_name`` the next committed generation, then retire
-        the previous one and drop the oldest revisions. ``how`` is
-        'rename' (then all of it is one root call) or a clone mode."""
-        new = layout.committed(listing.next_generation)
-        renames = []
-        if how == 'rename':
-            renames.append((source_name, new))
-        else:
-            files.clone(self._path(source_name), self._path(new), how)
+    def _publish_generation(self, listing, source_name):
+        """Rename ``source_name`` to the next committed generation, retire
+        the previous one and drop the oldest revisions, all in one root
+        call; returns the listing that leaves."""
+        renames = [(source_name,
+                    layout.committed(listing.next_generation))]
         retire, unlinks = self._retirement(
             [listing.current] if listing.current else [],
             [r.entry['name'] for r in listing.revisions
              if r.entry['name'] != source_name])
         self._rotate(renames + retire, unlinks)
+        return layout.after(listing, renames + retire, unlinks)
 
     def _retirement(self, superseded, revisions):
         """(renames, unlinks) that turn the committed images ``superseded``
@@ -172,9 +169,9 @@ class DirectoryVolume(base.Volume):
         changed = bool(renames or unlinks)
         return self.listing() if changed else listing
 
-    def verify(self):
+    def verify(self, known=None):
         if self.config.kind == 'persistent':
-            listing = self.listing()
+            listing = known or self.listing()
             self._committed(listing)
             return listing
         if self.config.kind == 'snapshot':
@@ -194,6 +191,9 @@ class DirectoryVolume(base.Volume):
                 files.clone(self._path(entry['name']),
                             self._path(layout.working()),
                             self.pool.clone_mode)
+                listing = layout.after(listing, added=[
+                    dict(entry, name=layout.working())])
+            self.left = listing
             return self._path(layout.working())
         self._ensure_directory()
         if listing.working is not None:
@@ -207,14 +207,14 @@ class DirectoryVolume(base.Volume):
         files.clone(source._path(entry['name']), target, self.pool.clone_mode)
         return target
 
-    def stop(self):
-        listing = self.listing()
+    def stop(self, known=None):
+        listing = known or self.listing()
         if listing.working is None:
             return
         if (self.config.kind == 'persistent' and
                 self.config.revisions_to_keep >= 0):
-            self._publish_generation(listing, listing.working['name'],
-                                     'rename')
+            self.left = self._publish_generation(
+                listing, listing.working['name'])
         else:
             files.unlink(self._path(listing.working['name']))
             if self.config.kind != 'persistent':
@@ -250,7 +250,7 @@ class DirectoryVolume(base.Volume):
                 raise errors.RevisionNotFound(
                     f'volume {self.config.address} has no revision '
                     f'{revision}')
-        self._publish_generation(listing, target.entry['name'], 'rename')
+        self._publish_generation(listing, target.entry['name'])
 
     # -- import, export, clone, clear -------------------------------------
 
@@ -298,7 +298,7 @@ class DirectoryVolume(base.Volume):
             # publishes the converted target only once it is complete.
             qemu.convert(self._path(upload), fmt, self._path(layout.IMPORT),
                          'raw')
-        self._publish_generation(listing, layout.IMPORT, 'rename')
+        self._publish_generation(listing, layout.IMPORT)
         if fmt != 'raw':
             files.unlink(self._path(upload))
 
@@ -313,13 +313,13 @@ class DirectoryVolume(base.Volume):
                                    source.pool.clone_mode) else 'auto')
         files.clone(source._path(entry['name']), self._path(layout.IMPORT),
                     mode)
-        self._publish_generation(listing, layout.IMPORT, 'rename')
+        self._publish_generation(listing, layout.IMPORT)
 
     def clear(self):
         listing = self.listing()
         _, entry = self._committed(listing)
         files.create(self._path(layout.IMPORT), entry['size'])
-        self._publish_generation(listing, layout.IMPORT, 'rename')
+        self._publish_generation(listing, layout.IMPORT)
 
     def export_begin(self, fmt='raw'):
         """A private snapshot of the committed data, in ``fmt``; later

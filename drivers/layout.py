@@ -69,6 +69,26 @@ class Listing:
         return max(used, default=0) + 1
 
 
+def entries(listing):
+    """The directory entries ``listing`` was parsed from."""
+    return ([entry for _, entry in listing.committed] +
+            [r.entry for r in listing.revisions] +
+            [e for e in (listing.working, listing.import_target) if e] +
+            listing.uploads + listing.exports + listing.unknown)
+
+
+def after(listing, renames=(), unlinks=(), added=()):
+    """The listing once ``renames`` ((old, new) names), ``unlinks`` and
+    the new entries ``added`` have changed the directory: what volsep's
+    own change leaves, known without reading the directory again (entry
+    fields other than names keep their old values)."""
+    moved = dict(renames)
+    renamed = [dict(e, name=moved.get(e['name'], e['name']))
+               for e in entries(listing)]
+    return parse([e for e in renamed if e['name'] not in set(unlinks)] +
+                 list(added))
+
+
 def parse(entries):
     listing = Listing()
     for entry in entries:

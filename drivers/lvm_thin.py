@@ -124,7 +124,7 @@ class LvmThinVolume(base.Volume):
             changed = True
         return self.listing() if changed else listing
 
-    def verify(self):
+    def verify(self, known=None):
         if self.config.kind == 'persistent':
             listing = self.listing()
             self._committed(listing)
@@ -161,7 +161,7 @@ class LvmThinVolume(base.Volume):
                          True)
         return self.device('w')
 
-    def stop(self):
+    def stop(self, known=None):
         listing = self.listing()
         if self.config.kind == 'persistent' and \
                 self.config.revisions_to_keep == -1:

@@ -162,7 +162,7 @@ class Qcow2Volume(directory.DirectoryVolume):
         qemu.create(self._path(f'L1.{fmt}'), fmt, self.config.size)
         self.config.chain = [[self._relative(f'L1.{fmt}'), fmt]]
 
-    def verify(self):
+    def verify(self, known=None):
         volume = self if self.config.kind == 'persistent' else (
             self.pool.volume(self.config.source)
             if self.config.kind == 'snapshot' else None)
@@ -202,7 +202,7 @@ class Qcow2Volume(directory.DirectoryVolume):
                     backing=top, backing_fmt=fmt)
         return target
 
-    def stop(self):
+    def stop(self, known=None):
         listing = self.listing()
         if listing.overlay is None:
             return

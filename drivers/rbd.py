@@ -114,7 +114,7 @@ class RbdVolume(base.Volume):
                                     f'host {owner[0]}')
         return _Removal(self)
 
-    def verify(self):
+    def verify(self, known=None):
         if self.config.kind == 'persistent':
             if self._current(self._data(self.listing())) is None:
                 raise errors.StorageError(
@@ -149,7 +149,7 @@ class RbdVolume(base.Volume):
             raise
         return f'rbd:{self._image()}'
 
-    def stop(self):
+    def stop(self, known=None):
         try:
             self._stop()
         except rbd.OwnershipLost as err:

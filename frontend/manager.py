@@ -146,6 +146,8 @@ class Manager:
         # entry (see _volume_lock), so a cached size is never stale.
         self._sizes = {}
         self._epochs = collections.Counter()  # lock releases per volume
+        # vid -> (epoch, what its last start or stop left): see _remember
+        self._left = {}
         # pool name -> an extra byte limit or None, on top of each pool's
         # max_volume_size option; volsepd sets it from the policy file.
         self.size_limits = None
@@ -1163,7 +1165,8 @@ class Manager:
         # is handed to the start while no lock holder has changed the
         # volume since (its epoch), saving the start a listing of its own.
         epochs = {c.vid: self._epochs[c.vid] for c in configs}
-        verified = {c.vid: self._volume(c).verify() for c in configs}
+        verified = {c.vid: self._volume(c).verify(self._recall(c))
+                    for c in configs}
 
         started = []
 
@@ -1173,6 +1176,7 @@ class Manager:
                 unchanged = self._epochs[config.vid] == epochs[config.vid]
                 path = volume.start(verified[config.vid] if unchanged
                                     else None)
+                self._remember(config, volume.left)
                 started.append(config)
                 return {'volume': config.name, 'path': path,
                         'format': volume.attached_format(), 'rw': config.rw}
@@ -1197,7 +1201,24 @@ class Manager:
 
     def _stop_one(self, config):
         with self._volume_lock(config):
-            self._volume(config).stop()
+            volume = self._volume(config)
+            volume.stop(self._recall(config))
+            self._remember(config, volume.left)
+
+    def _remember(self, config, left):
+        """Keep what a start or stop left in the volume (Volume.left) for
+        its next one, valid until its lock is released again after this
+        holder's release."""
+        if left is None:
+            self._left.pop(config.vid, None)
+        else:
+            self._left[config.vid] = (self._epochs[config.vid] + 1, left)
+
+    def _recall(self, config):
+        """What the last start or stop left, if no lock holder has changed
+        the volume since; None otherwise."""
+        epoch, left = self._left.pop(config.vid, (None, None))
+        return left if epoch == self._epochs[config.vid] else None
 
     def stop_domain(self, name):
         with self._domain_locks[name]:

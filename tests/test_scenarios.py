@@ -738,15 +738,48 @@ def test_listed_sizes_follow_every_change(env, rig):
 # What the check before starting read is reused by the start, unless the
 # volume was changed in between, and then read again.
 
-def test_a_start_lists_the_volume_once(env, rig, monkeypatch):
-    env.create_volume('vm:root', 'p', 4 * MiB)
-    _commit(env, rig, 'vm:root', b'A' * 4096)
+def _count_listings(monkeypatch):
     listed = []
     real = files.list_dir
     monkeypatch.setattr(files, 'list_dir',
                         lambda path: listed.append(path) or real(path))
-    path = env.start_domain('vm')[0]['path']
+    return listed
+
+
+def test_a_start_lists_the_volume_once(env, rig, monkeypatch):
+    env.create_volume('vm:root', 'p', 4 * MiB)
+    listed = _count_listings(monkeypatch)
+    env.start_domain('vm')
     assert len(listed) == 1, listed
+    env.stop_domain('vm')
+
+
+def test_what_a_start_or_stop_left_is_not_read_again(env, rig,
+                                                     monkeypatch):
+    """After the service's own stop, the next start and stop know the
+    directory without listing it: one root call each."""
+    env.create_volume('vm:root', 'p', 4 * MiB, revisions_to_keep=1)
+    _commit(env, rig, 'vm:root', b'A' * 4096)
+    listed = _count_listings(monkeypatch)
+    for data in (b'B', b'C'):
+        path = env.start_domain('vm')[0]['path']
+        assert rig.read(path, 0, 4096) == (b'A' if data == b'B' else
+                                           b'B') * 4096
+        h.vm_write(rig, path, 0, data * 4096)
+        env.stop_domain('vm')
+    assert listed == []
+    assert [r['id'] for r in env.revisions('vm:root')] == [3]
+    path = env.start_domain('vm')[0]['path']
+    assert rig.read(path, 0, 4096) == b'C' * 4096
+    env.stop_domain('vm')
+
+
+def test_a_change_between_a_stop_and_the_next_start_is_seen(env, rig):
+    env.create_volume('vm:root', 'p', 4 * MiB, revisions_to_keep=2)
+    _commit(env, rig, 'vm:root', b'A' * 4096)
+    _commit(env, rig, 'vm:root', b'B' * 4096)
+    env.revert('vm:root')   # another request, after the stop
+    path = env.start_domain('vm')[0]['path']
     assert rig.read(path, 0, 4096) == b'A' * 4096
     env.stop_domain('vm')
 
@@ -759,8 +792,8 @@ def test_a_volume_changed_after_its_check_is_read_again(env, rig,
     real = directory.DirectoryVolume.verify
     changed = []
 
-    def verify_then_revert(volume):
-        listing = real(volume)
+    def verify_then_revert(volume, known=None):
+        listing = real(volume, known)
         if not changed:
             # Between the check and the start, another request reverts
             # the volume: the committed image the check saw is retired.
