@@ -63,11 +63,22 @@ class LvmThinVolume(base.Volume):
     def _publish(self, listing, suffix='t'):
         """Make the LV ``suffix`` (+t, or a stopped volume's +w) the next
         generation (the commit point) and drop what it supersedes beyond
-        revisions_to_keep, in one root call."""
-        lvm.commit(self._lv(suffix),
-                   lvm_names.generation_suffix(listing.next_generation),
-                   [lvm_names.generation_suffix(g) for g in
-                    self._superseded(sorted(listing.generations))])
+        revisions_to_keep, in one root call; returns the listing that
+        leaves."""
+        generation = listing.next_generation
+        dropped = self._superseded(sorted(listing.generations))
+        lvm.commit(self._lv(suffix), lvm_names.generation_suffix(generation),
+                   [lvm_names.generation_suffix(g) for g in dropped])
+        published = listing.working if suffix == 'w' else listing.building
+        kept = {g: lv for g, lv in listing.generations.items()
+                if g not in dropped}
+        if published is None:   # built by this call's caller: not listed
+            return None
+        kept[generation] = dict(published,
+                                suffix=lvm_names.generation_suffix(generation))
+        return dataclasses.replace(
+            listing, generations=kept,
+            **{'working' if suffix == 'w' else 'building': None})
 
     def _superseded(self, older):
         """The oldest of ``older`` (generations that are no longer the
@@ -126,7 +137,7 @@ class LvmThinVolume(base.Volume):
 
     def verify(self, known=None):
         if self.config.kind == 'persistent':
-            listing = self.listing()
+            listing = known or self.listing()
             self._committed(listing)
             return listing
         if self.config.kind == 'snapshot':
@@ -149,6 +160,8 @@ class LvmThinVolume(base.Volume):
                              True)
             elif not listing.working['active']:
                 lvm.activate(self._lv('w'), True)
+            self.left = dataclasses.replace(listing, working=dict(
+                listing.working or lv, suffix='w', active=True))
             return self.device('w')
         if listing.working is not None:
             lvm.remove(self._lv('w'))
@@ -162,7 +175,7 @@ class LvmThinVolume(base.Volume):
         return self.device('w')
 
     def stop(self, known=None):
-        listing = self.listing()
+        listing = known or self.listing()
         if self.config.kind == 'persistent' and \
                 self.config.revisions_to_keep == -1:
             current = listing.current
@@ -179,7 +192,7 @@ class LvmThinVolume(base.Volume):
             # inactive after a reboot).
             if listing.working['active']:
                 lvm.flush(self._lv('w'))
-            self._publish(listing, 'w')
+            self.left = self._publish(listing, 'w')
         else:
             lvm.remove(self._lv('w'))
 
