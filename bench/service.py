@@ -129,6 +129,13 @@ def streams(repeat=3):
         line('export, file pool (real copy)', 'plain_export', 'dd_out')
     finally:
         stop(proc)
+        # The space is the next benchmark's (reflink-import needs 20 GiB).
+        for name in (dense, sparse, 'dd.raw', 'dd-out.raw', 'exported.raw',
+                     'exported-copy.raw'):
+            path = name if name.startswith('/') else f'{mount()}/{name}'
+            if os.path.exists(path):
+                os.unlink(path)
+        subprocess.run(['rm', '-rf', state_dir], check=True)
 
 
 def _write_dense(path, size):
