@@ -27,6 +27,8 @@ class Capabilities:
     chains: bool = False
     # Raw imports and exports can take the caller's descriptor.
     descriptors: bool = False
+    # revisions_to_keep=-1: the VM writes the committed image itself.
+    in_place: bool = True
 
     def as_dict(self):
         return {'kinds': sorted(self.kinds), 'revert': self.revert,

@@ -303,7 +303,13 @@ class DirectoryVolume(base.Volume):
             files.unlink(self._path(upload))
 
     def import_from(self, source):
-        """Replace the committed content with a copy of another volume's."""
+        """Replace the committed content with a copy of another volume's
+        (of a file or file-reflink pool)."""
+        if not isinstance(source, DirectoryVolume):
+            raise errors.NotSupported(
+                f'{source.config.address} is in pool {source.pool.name} '
+                f'({source.pool.driver}): a file pool clones only from '
+                f'file pools; export it and import the export')
         _, entry = source._committed(source.listing())
         listing = self.listing()
         self._committed(listing)

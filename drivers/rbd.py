@@ -548,7 +548,10 @@ class RbdPool(base.Pool):
     capabilities = dataclasses.replace(
         base.Capabilities(), revert=True, resize_running=True,
         clone_instant=True, import_formats=image_formats.FORMATS,
-        export_formats=qemu.OUTPUT_FORMATS)
+        export_formats=qemu.OUTPUT_FORMATS,
+        # A stop commits nothing then, so exports, snapshots and clones
+        # would give the generation from before the VM's writes.
+        in_place=False)
     options = dict(
         base.Pool.options,
         ceph_pool=base.Option('Ceph pool (one the root configuration '

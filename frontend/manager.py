@@ -308,6 +308,15 @@ class Manager:
                 f'{pool_name}'
         return limit, source
 
+    @staticmethod
+    def _revisions_to_keep(pool, value):
+        value = validation.revisions_to_keep(value)
+        if value == -1 and not pool.capabilities.in_place:
+            raise errors.NotSupported(
+                f'pool {pool.name} ({pool.driver}) has no volumes the VM '
+                f'writes in place: revisions_to_keep=-1 is not supported')
+        return value
+
     def _check_size(self, pool_name, size, current, what, cap=None):
         """Refuse (InvalidArgument) to make a volume larger than its pool's
         limit, or than ``cap`` if that is smaller; a size no larger than
@@ -667,8 +676,8 @@ class Manager:
             config = base.VolumeConfig(
                 domain=domain_name, name=name, pool=pool, kind=kind,
                 size=size, rw=validation.boolean(rw, 'rw'),
-                revisions_to_keep=validation.revisions_to_keep(
-                    revisions_to_keep),
+                revisions_to_keep=self._revisions_to_keep(
+                    pool_obj, revisions_to_keep),
                 source=source_config, format=fmt)
             with self._volume_lock(config):
                 self._volume(config).create()
@@ -778,7 +787,8 @@ class Manager:
                                             f'running')
                 config.rw = validation.boolean(value, 'rw')
             elif prop == 'revisions_to_keep':
-                value = validation.revisions_to_keep(value)
+                value = self._revisions_to_keep(self._pool(config.pool),
+                                                value)
                 switching = -1 in (value, config.revisions_to_keep) and \
                     value != config.revisions_to_keep
                 busy = [config] + self._dependents(config)

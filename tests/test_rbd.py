@@ -739,3 +739,30 @@ def test_imports_exports_and_reverts_as_the_file_drivers_do(hosts,
         a.j('volume', 'remove', f'{dom}:{name}')
     assert not [name for name in _rbd('ls', CEPH['pool']).split()
                 if name.startswith(f'{dom}+')]
+
+
+def test_what_an_rbd_pool_cannot_do_is_refused_clearly(hosts, rig):
+    """revisions_to_keep=-1 (the VM writing the committed image) is
+    refused at create and set, and a clone from an rbd volume into a file
+    pool says what to do instead; none of them changes anything."""
+    a = hosts('host-a')
+    dom = _domain()
+    refused = a.fails('volume', 'create', f'{dom}:root', '--pool', 'ceph',
+                      '--size', '1M', '--revisions-to-keep', '-1')
+    assert refused['error'] == 'NotSupported', refused
+    assert 'revisions_to_keep=-1' in refused['message']
+    assert not [name for name in _rbd('ls', CEPH['pool']).split()
+                if name.startswith(f'{dom}+')]
+    a.j('volume', 'create', f'{dom}:root', '--pool', 'ceph', '--size', '1M')
+    refused = a.fails('volume', 'set', f'{dom}:root', 'revisions_to_keep',
+                      '-1')
+    assert refused['error'] == 'NotSupported', refused
+    assert a.j('volume', 'info', f'{dom}:root')['revisions_to_keep'] == 1
+    a.j('volume', 'create', f'{dom}:copy', '--pool', 'default', '--size',
+        '1M')
+    path = a.j('volume', 'info', f'{dom}:copy')['path']
+    before = rig.tree(os.path.dirname(path))
+    refused = a.fails('volume', 'clone', f'{dom}:root', f'{dom}:copy')
+    assert refused['error'] == 'NotSupported', refused
+    assert 'export it and import the export' in refused['message']
+    assert rig.tree(os.path.dirname(path)) == before
