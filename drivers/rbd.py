@@ -497,8 +497,13 @@ class RbdVolume(base.Volume):
         listing = self.listing(listings)
         data = self._data(listing)
         kind = self.config.kind
+        importing = bool(listing) and listing['meta'].get('import') == 'yes'
         if data:
             size = data['size']
+            if importing and data['snaps']:
+                # A raw import fills the head: until it ends, the volume
+                # is still its last generation.
+                size = data['snaps'][-1][1]
         elif kind == 'snapshot':
             source = self.pool.volume(self.config.source)
             source_data = source._data(source.listing(listings))
@@ -513,11 +518,13 @@ class RbdVolume(base.Volume):
         owner = listing['owner'] if listing else None
         return {
             'size': size, 'usage': size if data else 0,
-            'is_dirty': kind == 'persistent' and owner is not None,
+            # Held by this host while it runs, and while an import (of a
+            # stopped volume) is pending, which is no dirt.
+            'is_dirty': kind == 'persistent' and owner is not None and
+            not importing,
             'is_outdated': outdated,
             'path': f'rbd:{self._image()}' if data else None,
-            'import_pending': bool(listing) and
-            listing['meta'].get('import') == 'yes',
+            'import_pending': importing,
             'has_working_copy': bool(data) and kind != 'persistent',
             'owner': owner[0] if owner else None,
         }

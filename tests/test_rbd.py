@@ -766,3 +766,38 @@ def test_what_an_rbd_pool_cannot_do_is_refused_clearly(hosts, rig):
     assert refused['error'] == 'NotSupported', refused
     assert 'export it and import the export' in refused['message']
     assert rig.tree(os.path.dirname(path)) == before
+
+
+def test_a_pending_import_changes_neither_size_nor_dirtiness(hosts):
+    """Scenarios 26 and 10: while a raw import of another size streams
+    in, the volume still reports its committed size and is not dirty;
+    the import's end brings the new size."""
+    a = hosts('host-a')
+    dom = _domain()
+    address = f'{dom}:root'
+    a.j('volume', 'create', address, '--pool', 'ceph', '--size', '1M')
+    data = os.urandom(2 * MiB)
+    proc = subprocess.Popen(
+        [f'{sh.VENV}/volsep', '--socket', a.service.socket, 'volume',
+         'import', address, '-', '--size', str(2 * MiB)],
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, env={'PATH': '/usr/bin:/bin'})
+    try:
+        proc.stdin.write(data[:MiB])
+        proc.stdin.flush()
+        deadline = time.monotonic() + 60
+        info = a.j('volume', 'info', address)
+        while not info['import_pending'] and time.monotonic() < deadline:
+            time.sleep(0.2)
+            info = a.j('volume', 'info', address)
+        assert info['import_pending'], info
+        assert info['size'] == MiB and not info['is_dirty'], info
+        proc.stdin.write(data[MiB:])
+        proc.stdin.close()
+        assert proc.wait(120) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    info = a.j('volume', 'info', address)
+    assert info['size'] == 2 * MiB and not info['is_dirty'], info
+    assert not info['import_pending']
