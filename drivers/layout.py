@@ -82,10 +82,10 @@ def after(listing, renames=(), unlinks=(), added=()):
     the new entries ``added`` have changed the directory: what volsep's
     own change leaves, known without reading the directory again (entry
     fields other than names keep their old values)."""
-    moved = dict(renames)
+    moved, gone = dict(renames), set(unlinks)
     renamed = [dict(e, name=moved.get(e['name'], e['name']))
                for e in entries(listing)]
-    return parse([e for e in renamed if e['name'] not in set(unlinks)] +
+    return parse([e for e in renamed if e['name'] not in gone] +
                  list(added))
 
 
